@@ -1,0 +1,208 @@
+"""The leaderboard: one SQLite row per evaluated variant, and its renderings.
+
+Rows are written in one transaction per run (upserts keyed on run dir, variant and
+protocol), with WAL journaling and a busy timeout so concurrent runs do not corrupt it.
+Results from different protocols are never ranked together: renderings group by protocol.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from platformdirs import user_data_dir
+
+from .errors import UserError
+
+if TYPE_CHECKING:
+    from .eval.results import EvalResult
+
+COLUMNS = [
+    ("created_at", "TEXT"), ("run", "TEXT"), ("run_dir", "TEXT"), ("model", "TEXT"), ("model_hash", "TEXT"),
+    ("variant", "TEXT"), ("method", "TEXT"), ("bits", "INTEGER"), ("group_size", "INTEGER"),
+    ("format", "TEXT"), ("is_baseline", "INTEGER"), ("size_bytes", "INTEGER"), ("ppl", "REAL"),
+    ("delta_ppl_pct", "REAL"), ("ttft_ms_median", "REAL"), ("ttft_ms_p90", "REAL"),
+    ("decode_tok_s", "REAL"), ("peak_rss_bytes", "INTEGER"), ("weights_bytes", "INTEGER"),
+    ("protocol_key", "TEXT"), ("protocol", "TEXT"), ("version", "TEXT"), ("artifact", "TEXT"),
+    ("artifact_hash", "TEXT"), ("result_json", "TEXT"),
+]
+NAMES = [c for c, _ in COLUMNS]
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS results (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+    + ", ".join(f"{c} {t}" for c, t in COLUMNS)
+    + ", UNIQUE(run_dir, variant, protocol_key))"
+)
+
+
+def default_board_path() -> Path:
+    env = os.environ.get("LLMQUANT_BOARD")
+    return Path(env) if env else Path(user_data_dir("llmquant")) / "board.sqlite"
+
+
+@dataclass(frozen=True)
+class Row:
+    data: dict
+
+    def __getattr__(self, k: str):
+        try:
+            return self.data[k]
+        except KeyError:
+            raise AttributeError(k) from None
+
+
+class Board:
+    def __init__(self, path: Path | None = None):
+        self.path = Path(path) if path else default_board_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as con:
+                con.execute(SCHEMA)
+        except sqlite3.DatabaseError as e:
+            raise UserError(f"{self.path}: not a usable leaderboard database ({e})") from None
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        con = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+        try:
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA busy_timeout=30000")
+            con.row_factory = sqlite3.Row
+            yield con
+        finally:
+            con.close()
+
+    def record(self, rows: list[dict]) -> None:
+        """Insert or replace all rows in one transaction: all land, or none."""
+        if not rows:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        placeholders = ", ".join("?" for _ in NAMES)
+        updates = ", ".join(f"{c}=excluded.{c}" for c in NAMES)
+        sql = (f"INSERT INTO results ({', '.join(NAMES)}) VALUES ({placeholders}) "
+               f"ON CONFLICT(run_dir, variant, protocol_key) DO UPDATE SET {updates}")
+        with self._connect() as con:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    r = {"created_at": now, **r}
+                    con.execute(sql, [r.get(c) for c in NAMES])
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+
+    def rows(self, model: str | None = None, protocol_key: str | None = None, run: str | None = None) -> list[Row]:
+        where, args = [], []
+        for col, val in (("model", model), ("protocol_key", protocol_key), ("run", run)):
+            if val:
+                where.append(f"{col} = ?")
+                args.append(val)
+        sql = "SELECT * FROM results" + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id"
+        with self._connect() as con:
+            return [Row(dict(r)) for r in con.execute(sql, args)]
+
+    def find_baseline(self, model_hash: str, protocol_key: str) -> dict | None:
+        """The stored result of a baseline with this model and protocol, for reuse."""
+        with self._connect() as con:
+            r = con.execute(
+                "SELECT result_json FROM results WHERE is_baseline = 1 AND model_hash = ? AND protocol_key = ? "
+                "ORDER BY id DESC LIMIT 1", (model_hash, protocol_key)).fetchone()
+        return json.loads(r["result_json"]) if r and r["result_json"] else None
+
+
+def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: str, method: str,
+               bits: int | None, group_size: int | None, fmt: str, is_baseline: bool, result: "EvalResult",
+               baseline_ppl: float | None, artifact: str, artifact_hash: str) -> dict:
+    """A leaderboard row for one evaluated checkpoint."""
+    from . import __version__
+
+    lat = result.latency
+    return {
+        "run": run, "run_dir": run_dir, "model": model, "model_hash": model_hash, "variant": variant,
+        "method": method, "bits": bits, "group_size": group_size, "format": fmt, "is_baseline": int(is_baseline),
+        "size_bytes": result.size_bytes, "ppl": result.ppl,
+        "delta_ppl_pct": (result.ppl / baseline_ppl - 1.0) * 100.0 if baseline_ppl else None,
+        "ttft_ms_median": lat.ttft_ms_median if lat else None, "ttft_ms_p90": lat.ttft_ms_p90 if lat else None,
+        "decode_tok_s": lat.decode_tok_s if lat else None, "peak_rss_bytes": result.peak_rss_bytes,
+        "weights_bytes": result.weights_bytes, "protocol_key": result.protocol.key,
+        "protocol": result.protocol.describe(), "version": __version__, "artifact": artifact,
+        "artifact_hash": artifact_hash, "result_json": json.dumps(result.to_dict(), sort_keys=True, default=str),
+    }
+
+
+# -- renderings ------------------------------------------------------------------------------
+
+DISPLAY = [
+    ("variant", "variant"), ("method", "method"), ("bits", "bits"), ("group_size", "group"),
+    ("size_mb", "size MB"), ("ppl", "ppl"), ("delta_ppl_pct", "Δppl %"), ("ttft_ms_median", "TTFT ms"),
+    ("ttft_ms_p90", "TTFT p90"), ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB"),
+]
+
+
+def _fmt(key: str, r: dict) -> str:
+    if key == "size_mb":
+        return f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") is not None else "-"
+    if key == "peak_rss_mb":
+        return f"{r['peak_rss_bytes'] / 1e6:.0f}" if r.get("peak_rss_bytes") else "-"
+    v = r.get(key)
+    if v is None:
+        return "-"
+    if key == "ppl":
+        return f"{v:.3f}"
+    if key == "delta_ppl_pct":
+        return "baseline" if r.get("is_baseline") else f"{v:+.2f}"
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def group_by_protocol(rows: list[Row]) -> dict[tuple[str, str], list[dict]]:
+    """{(model, protocol_key): rows ranked baseline first, then by perplexity}."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r.model, r.protocol_key), []).append(r.data)
+    for k in groups:
+        groups[k].sort(key=lambda d: (not d["is_baseline"], d["ppl"] if d["ppl"] is not None else float("inf")))
+    return groups
+
+
+def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    headers = [h for _, h in DISPLAY]
+    return headers, [[_fmt(k, r) for k, _ in DISPLAY] for r in rows]
+
+
+def render_markdown(rows: list[Row], title: str | None = None) -> str:
+    out = [f"# {title}", ""] if title else []
+    for (model, _), group in group_by_protocol(rows).items():
+        out.append(f"## {model}")
+        out.append("")
+        out.append(f"Protocol: {group[0]['protocol']}")
+        out.append("")
+        headers, cells = table_cells(group)
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join("---" for _ in headers) + "|")
+        out.extend("| " + " | ".join(c) + " |" for c in cells)
+        out.append("")
+    return "\n".join(out)
+
+
+def render_csv(rows: list[Row]) -> str:
+    buf = io.StringIO()
+    cols = [c for c in NAMES if c != "result_json"]
+    w = csv.writer(buf)
+    w.writerow(cols)
+    for r in rows:
+        w.writerow([r.data.get(c) for c in cols])
+    return buf.getvalue()
+
+
+def render_json(rows: list[Row]) -> str:
+    return json.dumps([{k: v for k, v in r.data.items() if k != "result_json"} for r in rows], indent=2)

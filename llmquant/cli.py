@@ -1,0 +1,219 @@
+"""The `llmquant` command line. Each command parses, calls one library function, prints."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    help=(
+        "Quantize a Hugging Face LLM with several methods, measure every variant against the "
+        "baseline on one protocol, rank them and pick the winner.\n\n"
+        "Examples:\n\n"
+        "    llmquant run recipes/smollm2-demo.yaml\n\n"
+        "    llmquant validate recipes/*.yaml\n\n"
+        "    llmquant eval runs/smollm2-demo/variants/rtn-w4-g64/checkpoint --dataset builtin:pydoc --split test\n\n"
+        "    llmquant board --format md"
+    ),
+)
+STATE = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs.")) -> None:
+    from .console import setup_logging
+
+    STATE["debug"] = debug
+    setup_logging(debug)
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """User errors: one red line, exit 2. Bugs: one line and exit 1 (traceback with --debug)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .console import err_console
+
+        try:
+            return fn(*args, **kwargs)
+        except UserError as e:
+            if STATE["debug"]:
+                raise
+            err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted[/]: finished steps are kept; rerun the same command to resume")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort):
+            raise
+        except Exception as e:
+            if STATE["debug"]:
+                raise
+            err_console.print(f"[bold red]internal error:[/] {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+@app.command()
+@handle_errors
+def run(
+    recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+    fresh: bool = typer.Option(False, "--fresh", help="Ignore finished steps in the run directory and redo everything."),
+    board: Optional[Path] = typer.Option(None, help="Leaderboard database (default: the recipe's output.board, "
+                                                    "else $LLMQUANT_BOARD, else the user data dir)."),
+) -> None:
+    """Run a recipe: baseline, every variant, leaderboard, winner.
+
+    Example: `llmquant run recipes/smollm2-demo.yaml`
+    """
+    from .console import RichProgress, err_console
+    from .pipeline import run as run_recipe
+    from .recipe import load_recipe
+
+    r = load_recipe(recipe)
+    with RichProgress() as progress:
+        summary = run_recipe(r, progress=progress, fresh=fresh, board_path=board)
+    print_summary(summary)
+    err_console.print(f"run directory: {summary.run_dir}  ·  leaderboard: {summary.board_path}")
+
+
+def print_summary(summary) -> None:
+    from .board import Row, group_by_protocol, table_cells
+    from .console import out_console, rich_table
+
+    rows = [Row({"variant": "baseline", "method": "none", "bits": None, "group_size": None, "is_baseline": 1,
+                 "size_bytes": summary.baseline.size_bytes, "ppl": summary.baseline.ppl, "delta_ppl_pct": 0.0,
+                 **_lat(summary.baseline), "peak_rss_bytes": summary.baseline.peak_rss_bytes,
+                 "model": summary.model, "protocol_key": summary.baseline.protocol.key})]
+    for o in summary.variants:
+        rows.append(Row({"variant": o.name, "method": o.method, "bits": o.summary.get("config", {}).get("bits"),
+                         "group_size": o.summary.get("config", {}).get("group_size"), "is_baseline": 0,
+                         "size_bytes": o.result.size_bytes, "ppl": o.result.ppl,
+                         "delta_ppl_pct": (o.result.ppl / summary.baseline.ppl - 1) * 100,
+                         **_lat(o.result), "peak_rss_bytes": o.result.peak_rss_bytes,
+                         "model": summary.model, "protocol_key": o.result.protocol.key}))
+    for (model, _), group in group_by_protocol(rows).items():
+        headers, cells = table_cells(group)
+        title = f"{model} — {summary.baseline.protocol.describe()}"
+        out_console.print(rich_table(title, headers, cells, highlight=summary.decision.winner))
+    verdict = summary.decision.winner or "none"
+    out_console.print(f"[bold]winner:[/] [green]{verdict}[/] — {summary.decision.reason}", highlight=False)
+
+
+def _lat(result) -> dict:
+    lat = result.latency
+    return {"ttft_ms_median": lat.ttft_ms_median if lat else None, "ttft_ms_p90": lat.ttft_ms_p90 if lat else None,
+            "decode_tok_s": lat.decode_tok_s if lat else None}
+
+
+@app.command()
+@handle_errors
+def validate(recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s).")) -> None:
+    """Check recipes without loading model weights: schema, files, layer shapes vs bits/group size.
+
+    Example: `llmquant validate recipes/*.yaml`
+    """
+    from .console import out_console
+    from .preflight import preflight
+    from .recipe import load_recipe
+
+    for path in recipes:
+        r = load_recipe(path)
+        report = preflight(r)
+        methods = ", ".join(f"{v.name} ({v.method})" for v in r.variants) or "no variants"
+        out_console.print(f"[green]ok[/] {path}: model {report.source.label} ({report.source.kind}); {methods}",
+                          highlight=False)
+        for note in report.notes:
+            out_console.print(f"   note: {note}", highlight=False)
+
+
+@app.command("eval")
+@handle_errors
+def eval_cmd(
+    path: Path = typer.Argument(..., help="Checkpoint directory (HF, GPTQ, ...) or .gguf file."),
+    dataset: str = typer.Option("builtin:pydoc", help="Corpus: a file, builtin:pydoc, or a hub name (wikitext2)."),
+    split: Optional[str] = typer.Option("test", help="Split for builtin/hub corpora."),
+    field: str = typer.Option("text", help="Field (jsonl) or column (parquet) holding the text."),
+    seqlen: int = typer.Option(2048, help="Window length in tokens."),
+    max_windows: Optional[int] = typer.Option(None, help="Only the first N windows (quick protocol)."),
+    dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+    device: str = typer.Option("auto", help="auto | cpu | cuda"),
+    latency: bool = typer.Option(True, help="Also measure first-token latency and decode speed."),
+    model: Optional[str] = typer.Option(None, help="Model label on the leaderboard (default: the directory name)."),
+    board: Optional[Path] = typer.Option(None, help="Leaderboard database to add the row to."),
+    isolate: bool = typer.Option(True, help="Evaluate in a fresh process (peak memory is the checkpoint's own)."),
+) -> None:
+    """Evaluate any checkpoint on the same protocol as `run`, and add it to the leaderboard.
+
+    Example: `llmquant eval ./my-gptq-model --dataset ../shared/data/wikitext2/wiki.test.raw.txt --seqlen 512 --max-windows 64`
+    """
+    from .console import RichProgress, out_console
+    from .eval.standalone import evaluate_path
+
+    if dtype not in ("float32", "bfloat16", "float16"):
+        raise UserError(f"--dtype: {dtype!r} is not allowed; use float32, bfloat16 or float16")
+    if device not in ("auto", "cpu", "cuda"):
+        raise UserError(f"--device: {device!r} is not allowed; use auto, cpu or cuda")
+    with RichProgress() as progress:
+        result, info = evaluate_path(path, dataset, split, field, seqlen, max_windows, dtype, device, latency,
+                                     model, board, isolate, progress)
+    lat = result.latency
+    out_console.print(f"{path}: format {info.format}, perplexity [bold]{result.ppl:.4f}[/] "
+                      f"({result.protocol.describe()}), size {result.size_bytes / 1e6:.1f} MB"
+                      + (f", TTFT {lat.ttft_ms_median:.1f} ms, decode {lat.decode_tok_s:.1f} tok/s" if lat else ""),
+                      highlight=False)
+
+
+@app.command("board")
+@handle_errors
+def board_cmd(
+    format: str = typer.Option("table", "--format", help="table | md | csv | json"),
+    model: Optional[str] = typer.Option(None, help="Only this model."),
+    run: Optional[str] = typer.Option(None, help="Only this run (recipe name)."),
+    board: Optional[Path] = typer.Option(None, help="Leaderboard database."),
+) -> None:
+    """Show the leaderboard across all runs, one table per model and protocol.
+
+    Example: `llmquant board --format md`
+    """
+    from .board import Board, group_by_protocol, render_csv, render_json, render_markdown, table_cells
+    from .console import out_console, rich_table
+
+    if format not in ("table", "md", "csv", "json"):
+        raise UserError(f"--format: {format!r} is not allowed; use table, md, csv or json")
+    b = Board(board)
+    rows = b.rows(model=model, run=run)
+    if format == "md":
+        sys.stdout.write(render_markdown(rows) + "\n")
+    elif format == "csv":
+        sys.stdout.write(render_csv(rows))
+    elif format == "json":
+        sys.stdout.write(render_json(rows) + "\n")
+    else:
+        if not rows:
+            out_console.print(f"the leaderboard {b.path} is empty: run a recipe first")
+        for (m, _), group in group_by_protocol(rows).items():
+            headers, cells = table_cells(group)
+            out_console.print(rich_table(f"{m} — {group[0]['protocol']}", headers, cells))
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":
+    main()

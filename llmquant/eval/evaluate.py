@@ -1,0 +1,173 @@
+"""The one code path that evaluates a checkpoint: load it, perplexity, latency, sizes, memory.
+
+A baseline directory, our packed variants and a user's foreign checkpoint all go through
+`evaluate_checkpoint`. `evaluate_isolated` runs it in a fresh process so that the peak
+memory recorded belongs to that checkpoint alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from .. import __version__
+from ..errors import UserError
+from ..loading import pick_device, set_threads
+from ..progress import NULL_PROGRESS, Progress
+from ..runs import atomic_write_json, read_json
+from .latency import measure_latency, prompts_from_stream
+from .perplexity import PROTOCOL_NAME, perplexity, window_count
+from .results import EvalResult, Protocol
+
+
+@dataclass(frozen=True)
+class EvalJob:
+    checkpoint: str
+    tokens_path: str  # safetensors file with "input_ids" [1, N]
+    corpus: str
+    corpus_sha256: str
+    seqlen: int
+    max_windows: int | None = None
+    batch_size: int = 1
+    dtype: str = "float32"
+    device: str = "auto"
+    latency: dict | None = None  # LatencySpec fields, or None to skip
+    trust_remote_code: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def tokens_sha256(ids: torch.Tensor) -> str:
+    return hashlib.sha256(ids.to(torch.int64).contiguous().numpy().tobytes()).hexdigest()
+
+
+def latency_setup(latency: dict | None) -> str:
+    """A short description of the latency set-up, part of the protocol."""
+    if latency is None:
+        return "none"
+    prompts = f"{len(latency['prompts'])} given prompts" if latency.get("prompts") else f"prompt {latency.get('prompt_tokens', 128)}"
+    return (f"{prompts}, decode {latency.get('decode_tokens', 32)}, {latency.get('repeats', 5)} runs "
+            f"after {latency.get('warmup', 1)} warm-up, batch 1")
+
+
+def protocol_for(job: EvalJob, ids: torch.Tensor, device: str) -> Protocol:
+    """The protocol a job will be measured under (known before it runs: used as a cache key)."""
+    n = window_count(ids.shape[-1], job.seqlen, job.max_windows)
+    return Protocol(name=PROTOCOL_NAME, corpus=job.corpus, corpus_sha256=job.corpus_sha256,
+                    tokens_sha256=tokens_sha256(ids), seqlen=job.seqlen, windows=n,
+                    tokens_scored=n * (job.seqlen - 1), dtype=job.dtype, device=device,
+                    latency=latency_setup(job.latency))
+
+
+def peak_rss_bytes() -> int:
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r if sys.platform == "darwin" else r * 1024
+
+
+def resident_bytes(model: torch.nn.Module) -> int:
+    seen, total = set(), 0
+    for t in list(model.parameters()) + list(model.buffers()):
+        key = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if key in seen:
+            continue
+        seen.add(key)
+        total += t.numel() * t.element_size()
+    return total
+
+
+def latency_prompts(job: EvalJob, ids: torch.Tensor, tokenizer) -> list[torch.Tensor]:
+    lat = job.latency or {}
+    n = lat.get("repeats", 5)
+    if lat.get("prompts"):
+        return [tokenizer(p, return_tensors="pt").input_ids for p in lat["prompts"]]
+    return prompts_from_stream(ids, n, lat.get("prompt_tokens", 128))
+
+
+def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolated: bool = False) -> EvalResult:
+    from ..formats.load import load_checkpoint
+
+    set_threads()
+    device = pick_device(job.device)
+    ids = load_file(job.tokens_path)["input_ids"]
+    n_windows = window_count(ids.shape[-1], job.seqlen, job.max_windows)
+    if n_windows == 0:
+        raise UserError(f"eval: {job.corpus} has {ids.shape[-1]} tokens, fewer than one window of {job.seqlen}")
+    t0 = time.perf_counter()
+    model, tokenizer, info = load_checkpoint(Path(job.checkpoint), job.dtype, device, job.trust_remote_code)
+    t_load = time.perf_counter() - t0
+    ppl = perplexity(model, ids, job.seqlen, job.max_windows, job.batch_size, device, progress)
+    t_ppl = time.perf_counter() - t0 - t_load
+    lat = None
+    if job.latency is not None:
+        prompts = latency_prompts(job, ids, tokenizer)
+        lat = measure_latency(model, prompts, job.latency.get("decode_tokens", 32),
+                              job.latency.get("warmup", 1), progress)
+    protocol = protocol_for(job, ids, device)
+    assert (protocol.windows, protocol.tokens_scored) == (ppl.windows, ppl.tokens_scored)
+    return EvalResult(
+        ppl=ppl.ppl, nll_sum=ppl.nll_sum, protocol=protocol, size_bytes=info.size_bytes,
+        weights_bytes=resident_bytes(model), peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
+        latency=lat,
+        seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0},
+        env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
+             "machine": platform.machine(), "format": info.format},
+    )
+
+
+def evaluate_isolated(job: EvalJob, workdir: Path, progress: Progress = NULL_PROGRESS) -> EvalResult:
+    """Run `evaluate_checkpoint` in a child process; progress comes back as JSON lines."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path, out_path, log_path = workdir / "eval-job.json", workdir / "eval-result.json", workdir / "eval.log"
+    job_path.write_text(job.to_json())
+    out_path.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "llmquant.eval.worker", str(job_path), str(out_path)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    tasks: dict[str, tuple] = {}
+    with open(log_path, "w") as log_file:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                _relay(line, tasks, progress)
+        finally:
+            rc = proc.wait()
+            for cm, _ in tasks.values():
+                cm.__exit__(None, None, None)
+    if rc != 0 or not out_path.exists():
+        data = read_json(out_path) or {}
+        if data.get("user_error"):
+            raise UserError(data["user_error"])
+        tail = log_path.read_text().strip().splitlines()[-1:] if log_path.exists() else []
+        raise RuntimeError(f"evaluation of {job.checkpoint} failed (exit {rc}): {' '.join(tail)}; log: {log_path}")
+    data = read_json(out_path)
+    if data.get("user_error"):
+        raise UserError(data["user_error"])
+    return EvalResult.from_dict(data["result"])
+
+
+def _relay(line: str, tasks: dict, progress: Progress) -> None:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        return
+    kind, name = msg.get("event"), msg.get("task")
+    if kind == "start":
+        cm = progress.task(name, msg.get("total"))
+        tasks[name] = (cm, cm.__enter__())
+    elif kind == "advance" and name in tasks:
+        tasks[name][1](msg.get("n", 1), note=msg.get("note"))
+    elif kind == "end" and name in tasks:
+        tasks.pop(name)[0].__exit__(None, None, None)

@@ -1,0 +1,82 @@
+"""Perplexity on the GPTQ/AWQ papers' protocol.
+
+The token stream is cut into non-overlapping windows of `seqlen` (the remainder dropped,
+optionally only the first `max_windows`). Within a window every token after the first is
+predicted from the window's start: seqlen - 1 predictions per window, and
+ppl = exp(total NLL / predicted tokens) — equal to the reference's exp(mean of window means).
+Logits are computed a chunk of positions at a time, so the [seqlen, vocab] matrix of a whole
+batch never exists in memory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..progress import NULL_PROGRESS, Progress
+
+PROTOCOL_NAME = "gptq-paper"
+SPECIAL_LOGIT_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
+
+
+@dataclass(frozen=True)
+class PerplexityResult:
+    ppl: float
+    nll_sum: float
+    tokens_scored: int
+    windows: int
+
+
+def window_count(n_tokens: int, seqlen: int, max_windows: int | None) -> int:
+    n = n_tokens // seqlen
+    return min(n, max_windows) if max_windows else n
+
+
+def _plain_head(model: nn.Module) -> bool:
+    """True when logits are exactly lm_head(hidden) (no soft-capping or scaling)."""
+    cfg = model.config
+    return all(getattr(cfg, a, None) in (None, 1, 1.0) for a in SPECIAL_LOGIT_ATTRS) \
+        and model.get_output_embeddings() is not None
+
+
+def chunked_nll(hidden: Tensor, targets: Tensor, head: nn.Module, chunk: int = 256) -> float:
+    """Sum of -log p(target) with logits = head(hidden), `chunk` positions at a time (fp32 softmax)."""
+    total = 0.0
+    length = hidden.shape[1]
+    for s in range(0, length, chunk):
+        logits = head(hidden[:, s:s + chunk]).float()
+        total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
+                                       targets[:, s:s + chunk].reshape(-1), reduction="sum"))
+    return total
+
+
+@torch.inference_mode()
+def window_nll(model: nn.Module, x: Tensor) -> float:
+    """Sum of NLL of tokens 1.. of each row of x [B, L], each row scored from its own start."""
+    if _plain_head(model):
+        hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state
+        return chunked_nll(hidden[:, :-1], x[:, 1:], model.get_output_embeddings())
+    logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"))
+
+
+def perplexity(model: nn.Module, ids: Tensor, seqlen: int, max_windows: int | None = None,
+               batch_size: int = 1, device: str | torch.device = "cpu",
+               progress: Progress = NULL_PROGRESS) -> PerplexityResult:
+    n = window_count(ids.shape[-1], seqlen, max_windows)
+    if n == 0:
+        raise ValueError(f"{ids.shape[-1]} tokens hold no window of {seqlen}")
+    windows = ids.reshape(-1)[: n * seqlen].view(n, seqlen)
+    total = 0.0
+    with progress.task("perplexity", total=n) as advance:
+        for b in range(0, n, batch_size):
+            x = windows[b:b + batch_size].to(device)
+            total += window_nll(model, x)
+            done = min(b + batch_size, n)
+            advance(x.shape[0], note=f"ppl so far {math.exp(total / (done * (seqlen - 1))):.3f}")
+    scored = n * (seqlen - 1)
+    return PerplexityResult(ppl=math.exp(total / scored), nll_sum=total, tokens_scored=scored, windows=n)

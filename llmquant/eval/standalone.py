@@ -1,0 +1,67 @@
+"""`llmquant eval PATH`: evaluate a checkpoint someone already has, on our protocol."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from platformdirs import user_cache_dir
+from safetensors.torch import save
+
+from ..board import Board, result_row
+from ..data import cached_tokens, check_eval_length, load_corpus
+from ..errors import UserError
+from ..formats.load import CheckpointInfo, inspect_checkpoint
+from ..loading import fingerprint, load_tokenizer, pick_device, resolve_source
+from ..progress import Progress
+from ..recipe import DatasetSpec
+from ..runs import atomic_write_bytes, content_hash
+from .evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, tokens_sha256
+
+
+def _tokenizer_for(path: Path, info: CheckpointInfo):
+    if info.format == "gguf":
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    return load_tokenizer(path)
+
+
+def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqlen: int, max_windows: int | None,
+                  dtype: str, device: str, latency: bool, model_label: str | None, board_path: Path | None,
+                  isolate: bool, progress: Progress, cache_dir: Path | None = None):
+    path = Path(path)
+    info = inspect_checkpoint(path)
+    device = pick_device(device)
+    cache = Path(cache_dir) if cache_dir else Path(user_cache_dir("llmquant")) / "eval"
+    src = resolve_source(str(path.resolve()), Path.cwd(), field="PATH")
+    model_hash = fingerprint(src) if src.kind == "gguf" else content_hash(
+        {"dir": str(path.resolve()), "size": info.size_bytes})
+    with progress.task("eval data", total=None):
+        tok = _tokenizer_for(path, info)
+        corpus = load_corpus(DatasetSpec(source=dataset, split=split, field=field), Path.cwd(), "--dataset")
+        ids = cached_tokens(cache, {"tokenizer": type(tok).__name__, "vocab": len(tok), "corpus": corpus.sha256,
+                                    "tok": content_hash(sorted(tok.get_vocab().items())[:2000])}, tok, corpus.text)
+        try:
+            check_eval_length(ids, seqlen, corpus.label)
+        except UserError as e:
+            raise UserError(str(e).replace("eval.seqlen", "--seqlen").replace("eval.dataset", "--dataset")) from None
+        tokens_path = cache / f"stream-{tokens_sha256(ids)[:16]}.safetensors"
+        if not tokens_path.exists():
+            atomic_write_bytes(tokens_path, save({"input_ids": ids.contiguous()}))
+    job = EvalJob(checkpoint=str(path.resolve()), tokens_path=str(tokens_path), corpus=corpus.label,
+                  corpus_sha256=corpus.sha256, seqlen=seqlen, max_windows=max_windows, dtype=dtype, device=device,
+                  latency={"prompt_tokens": 128, "decode_tokens": 32, "repeats": 5, "warmup": 1} if latency else None)
+    with progress.task(f"evaluate {path.name}", total=None):
+        if isolate:
+            result = evaluate_isolated(job, cache / "logs" / content_hash(job.to_json()), progress)
+        else:
+            result = evaluate_checkpoint(job, progress)
+    board = Board(board_path)
+    label = model_label or path.name
+    base = next((r for r in board.rows(model=label, protocol_key=result.protocol.key) if r.is_baseline), None)
+    board.record([result_row(
+        run="eval", run_dir=str(path.resolve()), model=label, model_hash=model_hash, variant=path.name,
+        method=info.method, bits=info.bits, group_size=info.group_size, fmt=info.format, is_baseline=False,
+        result=result, baseline_ppl=base.ppl if base else None, artifact=str(path.resolve()),
+        artifact_hash=model_hash)])
+    return result, info

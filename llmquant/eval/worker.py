@@ -1,0 +1,52 @@
+"""Child process of `evaluate_isolated`: python -m llmquant.eval.worker JOB.json OUT.json
+
+Reports progress as JSON lines on stdout and writes {"result": ...} or {"user_error": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import UserError
+from ..runs import atomic_write_json
+from .evaluate import EvalJob, evaluate_checkpoint
+
+
+class JsonLinesProgress:
+    def _emit(self, **msg) -> None:
+        sys.stdout.write(json.dumps(msg) + "\n")
+        sys.stdout.flush()
+
+    @contextmanager
+    def task(self, description: str, total: int | None):
+        self._emit(event="start", task=description, total=total)
+
+        def advance(n: int = 1, note: str | None = None) -> None:
+            self._emit(event="advance", task=description, n=n, note=note)
+
+        try:
+            yield advance
+        finally:
+            self._emit(event="end", task=description)
+
+    def message(self, text: str) -> None:
+        self._emit(event="message", text=text)
+
+
+def main(argv: list[str]) -> int:
+    job_path, out_path = Path(argv[0]), Path(argv[1])
+    job = EvalJob(**json.loads(job_path.read_text()))
+    try:
+        result = evaluate_checkpoint(job, JsonLinesProgress(), isolated=True)
+    except UserError as e:
+        atomic_write_json(out_path, {"user_error": str(e)})
+        return 2
+    atomic_write_json(out_path, {"result": result.to_dict()})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

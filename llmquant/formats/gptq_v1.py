@@ -1,0 +1,138 @@
+"""The GPTQ v1 checkpoint layout (AutoGPTQ / GPTQModel "gptq" format) — what vLLM's
+`gptq`/`gptq_marlin` loaders and transformers' GPTQ path read.
+
+Per quantized Linear `name` (weight [out, in]):
+  name.qweight  int32 [in * bits / 32, out]        packed along the input dim
+  name.qzeros   int32 [n_groups, out * bits / 32]   packed along the output dim, stores zero - 1
+  name.scales   fp16  [n_groups, out]
+  name.g_idx    int32 [in]                           group of each input column
+  name.bias     (if the layer has one)
+Dequantised: w[o, i] = scales[g_idx[i], o] * (q[i, o] - (stored_zero[g_idx[i], o] + 1)).
+GPTQModel's internal "v2" keeps true zeros (no -1); `zero_offset` selects which is read.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .bitpack import pack_cols, pack_rows, unpack_cols, unpack_rows, unit
+from .intweight import IntWeight
+
+FORMAT = "gptq-v1"
+
+
+def shape_problem(in_features: int, out_features: int, bits: int, group_size: int) -> str | None:
+    """Why a [out, in] Linear cannot be stored at these settings, or None when it can."""
+    per, _ = unit(bits)
+    if group_size != -1 and in_features % group_size:
+        return f"group size {group_size} does not divide in_features {in_features}"
+    if in_features % per:
+        return f"in_features {in_features} is not a multiple of {per} (needed to pack {bits}-bit qweight)"
+    if out_features % per:
+        return f"out_features {out_features} is not a multiple of {per} (needed to pack {bits}-bit qzeros)"
+    return None
+
+
+def pack_layer(layer: IntWeight) -> dict[str, Tensor]:
+    """Tensors for the checkpoint (without the `name.` prefix)."""
+    zeros = layer.zeros.round().to(torch.int32) - 1
+    if (zeros < 0).any():
+        raise ValueError("GPTQ v1 cannot store a zero point of 0 (it stores zero - 1)")
+    return {
+        "qweight": pack_rows(layer.q.t().contiguous(), layer.bits),
+        "qzeros": pack_cols(zeros, layer.bits),
+        "scales": layer.scales.to(torch.float16).contiguous(),
+        "g_idx": layer.g_idx.to(torch.int32).contiguous(),
+    }
+
+
+def unpack_layer(tensors: dict[str, Tensor], bits: int, zero_offset: int = 1) -> IntWeight:
+    """Read a layer's tensors; zero_offset=1 for v1 checkpoints, 0 for GPTQModel v2."""
+    scales = tensors["scales"]
+    n_groups, out_f = scales.shape
+    q = unpack_rows(tensors["qweight"], bits).t().contiguous()
+    zeros = unpack_cols(tensors["qzeros"], bits, out_f).float() + zero_offset
+    g_idx = tensors.get("g_idx")
+    if g_idx is None:
+        g_idx = torch.arange(q.shape[1], dtype=torch.int32) // (q.shape[1] // n_groups)
+    return IntWeight(q=q, scales=scales.float(), zeros=zeros[:n_groups], g_idx=g_idx, bits=bits)
+
+
+def quantization_config(bits: int, group_size: int, sym: bool, desc_act: bool = False,
+                        static_groups: bool = False, damp_percent: float | None = None,
+                        true_sequential: bool | None = None, lm_head: bool = False,
+                        dynamic: dict | None = None, tool: str = "llmquant") -> dict:
+    """`quantization_config` for config.json, as transformers and vLLM read it."""
+    from .. import __version__
+
+    cfg = {
+        "quant_method": "gptq",
+        "checkpoint_format": "gptq",
+        "bits": bits,
+        "group_size": group_size,
+        "sym": sym,
+        "desc_act": desc_act,
+        "static_groups": static_groups,
+        "lm_head": lm_head,
+        "meta": {"quantizer": [f"{tool}:{__version__}"]},
+    }
+    if damp_percent is not None:
+        cfg["damp_percent"] = damp_percent
+    if true_sequential is not None:
+        cfg["true_sequential"] = true_sequential
+    if dynamic:
+        cfg["dynamic"] = dynamic
+    return cfg
+
+
+def dynamic_rules(overrides: list, base_bits: int, base_group: int, base_sym: bool) -> dict:
+    """GPTQModel/vLLM `dynamic` rules from recipe overrides.
+
+    vLLM applies them with re.match on module names ("-:" = left unquantized, "+:" = other
+    settings); our overrides use re.search, hence the leading `.*`.
+    """
+    rules: dict[str, dict] = {}
+    for o in overrides:
+        pattern = f".*(?:{o.pattern})"
+        if o.skip:
+            rules[f"-:{pattern}"] = {}
+            continue
+        changed = {k: v for k, v in (("bits", o.bits), ("group_size", o.group_size), ("sym", o.sym))
+                   if v is not None and v != {"bits": base_bits, "group_size": base_group, "sym": base_sym}[k]}
+        if changed:
+            rules[f"+:{pattern}"] = changed
+    return rules
+
+
+def modules_in_block(names: list[str], blocks_prefix: str) -> list[list[str]]:
+    """`modules_in_block_to_quantize`: the in-block names quantized in at least one block."""
+    rel = []
+    for n in names:
+        if n.startswith(blocks_prefix + "."):
+            tail = n[len(blocks_prefix) + 1:].split(".", 1)[1]
+            if tail not in rel:
+                rel.append(tail)
+    return [rel]
+
+
+def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
+    """Unpack every `*.qweight` layer of a GPTQ checkpoint (pops the tensors it uses).
+
+    Bits are read from each layer's shapes (rows of qweight = in * bits / 32), so per-module
+    `dynamic` overrides need no special handling; v2 checkpoints store true zero points.
+    """
+    zero_offset = 0 if info.format == "gptq-v2" else 1
+    out = {}
+    for name in sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".qweight")}):
+        t = {leaf: state.pop(f"{name}.{leaf}") for leaf in ("qweight", "qzeros", "scales", "g_idx")
+             if f"{name}.{leaf}" in state}
+        n_groups, _ = t["scales"].shape
+        if "g_idx" in t:
+            bits = t["qweight"].shape[0] * 32 // t["g_idx"].numel()
+        else:  # some older files omit g_idx: groups are then contiguous
+            bits = info.bits
+            in_f = t["qweight"].shape[0] * 32 // bits
+            t["g_idx"] = torch.arange(in_f, dtype=torch.int32) // (in_f // n_groups)
+        out[name] = unpack_layer(t, bits, zero_offset)
+    return out

@@ -1,0 +1,219 @@
+"""run(recipe): load once, build data once, evaluate the baseline, quantize and evaluate each
+variant, record the leaderboard and pick the winner. Each finished step is recorded under the
+run directory with the content hash of its inputs, so a rerun skips it."""
+
+from __future__ import annotations
+
+import gc
+import logging
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+from . import __version__
+from .board import Board, Row, render_markdown, result_row
+from .data import calibration_crops, cached_tokens, check_eval_length, load_corpus
+from .errors import UserError
+from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for, tokens_sha256
+from .eval.results import EvalResult
+from .loading import fingerprint, load_hf_model, load_tokenizer, materialize_base, pick_device
+from .preflight import preflight
+from .progress import NULL_PROGRESS, Progress
+from .quantize import METHODS, get_quantizer
+from .quantize.base import CalibrationSet, QuantizeContext
+from .recipe import Recipe
+from .runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
+from .winner import Candidate, Decision, delta_pct, pick_winner
+
+log = logging.getLogger("llmquant")
+
+
+@dataclass
+class VariantOutcome:
+    name: str
+    method: str
+    checkpoint: Path
+    key: str
+    result: EvalResult
+    quantized_now: bool
+    evaluated_now: bool
+    summary: dict = field(default_factory=dict)
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    model: str
+    baseline: EvalResult
+    baseline_reused: bool
+    variants: list[VariantOutcome]
+    decision: Decision
+    board_path: Path
+
+
+@contextmanager
+def in_recipe(recipe: Recipe) -> Iterator[None]:
+    """Prefix user errors with the recipe file, so every message names it."""
+    try:
+        yield
+    except UserError as e:
+        msg = str(e)
+        prefix = f"{recipe.path}: "
+        raise UserError(msg if msg.startswith(prefix) or recipe.path is None else prefix + msg) from None
+
+
+def _evaluate(job: EvalJob, recipe: Recipe, rd: RunDir, label: str, progress: Progress) -> EvalResult:
+    with progress.task(f"evaluate {label}", total=None):
+        if recipe.eval.isolate:
+            return evaluate_isolated(job, rd.logs / f"eval-{label}", progress)
+        return evaluate_checkpoint(job, progress)
+
+
+def build_calibration(recipe: Recipe, rd: RunDir, tokenizer, model_hash: str, progress: Progress) -> CalibrationSet | None:
+    spec = recipe.calibration
+    if spec is None or not any(METHODS[v.method].needs_calibration for v in recipe.variants):
+        return None
+    with progress.task("calibration data", total=None):
+        corpus = load_corpus(spec.dataset, recipe.base_dir, "calibration.dataset")
+        ids = cached_tokens(rd.cache, {"model": model_hash, "corpus": corpus.sha256}, tokenizer, corpus.text)
+        crops = calibration_crops(ids, spec.n_samples, spec.seqlen, spec.seed, corpus.label)
+    key = content_hash({"model": model_hash, "corpus": corpus.sha256, "n": spec.n_samples,
+                        "seqlen": spec.seqlen, "seed": spec.seed})
+    return CalibrationSet(crops, key)
+
+
+def run(recipe: Recipe, progress: Progress = NULL_PROGRESS, fresh: bool = False,
+        board_path: Path | None = None) -> RunSummary:
+    with in_recipe(recipe):
+        return _run(recipe, progress, fresh, board_path)
+
+
+def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | None) -> RunSummary:
+    report = preflight(recipe)
+    for note in report.notes:
+        progress.message(note)
+    src = report.source
+    device = pick_device(recipe.model.device)
+    rd = RunDir(recipe.run_dir())
+    rd.prepare()
+    board = Board(board_path or (recipe.resolve(recipe.output.board) if recipe.output.board else None))
+
+    with progress.task(f"load {src.label}", total=None):
+        base_dir = materialize_base(src, rd.base_model)
+        model_hash = fingerprint(src)
+        tokenizer = load_tokenizer(base_dir, recipe.model.trust_remote_code)
+
+    ev = recipe.eval
+    with progress.task("eval data", total=None):
+        corpus = load_corpus(ev.dataset, recipe.base_dir, "eval.dataset")
+        ids = cached_tokens(rd.cache, {"model": model_hash, "corpus": corpus.sha256}, tokenizer, corpus.text)
+        check_eval_length(ids, ev.seqlen, corpus.label)
+        tokens_path = rd.cache / "eval-tokens.safetensors"
+        if not tokens_path.exists() or read_json(rd.cache / "eval-tokens.json") != {"sha": tokens_sha256(ids)}:
+            from safetensors.torch import save
+
+            from .runs import atomic_write_bytes
+
+            atomic_write_bytes(tokens_path, save({"input_ids": ids.contiguous()}))
+            atomic_write_json(rd.cache / "eval-tokens.json", {"sha": tokens_sha256(ids)})
+    calib = build_calibration(recipe, rd, tokenizer, model_hash, progress)
+
+    def job_for(checkpoint: Path) -> EvalJob:
+        return EvalJob(
+            checkpoint=str(checkpoint), tokens_path=str(tokens_path), corpus=corpus.label,
+            corpus_sha256=corpus.sha256, seqlen=ev.seqlen, max_windows=ev.max_windows,
+            batch_size=ev.batch_size, dtype=recipe.model.dtype, device=device,
+            latency=ev.latency.model_dump() if ev.latency.enabled else None,
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
+
+    # -- baseline, cached by (model, protocol) -----------------------------------------------
+    base_job = job_for(base_dir)
+    pkey = protocol_for(base_job, ids, device).key
+    eval_key = content_hash({"job": asdict(base_job) | {"checkpoint": model_hash}, "protocol": pkey})
+    cached = read_json(rd.baseline_result())
+    stored = None if fresh else board.find_baseline(model_hash, pkey)
+    baseline_reused = True
+    if not fresh and cached and cached.get("key") == eval_key:
+        baseline = EvalResult.from_dict(cached["result"])
+    elif stored:
+        baseline = EvalResult.from_dict(stored)
+        atomic_write_json(rd.baseline_result(), {"key": eval_key, "result": baseline.to_dict()})
+    else:
+        baseline = _evaluate(base_job, recipe, rd, "baseline", progress)
+        baseline_reused = False
+        atomic_write_json(rd.baseline_result(), {"key": eval_key, "result": baseline.to_dict()})
+    progress.message(f"baseline perplexity {baseline.ppl:.3f}" + (" (reused)" if baseline_reused else ""))
+
+    # -- variants ----------------------------------------------------------------------------
+    outcomes: list[VariantOutcome] = []
+    for v in recipe.variants:
+        quantizer = get_quantizer(v.method)
+        key = content_hash({
+            "variant": v.model_dump(mode="json"), "model": model_hash, "method_version": quantizer.version,
+            "calibration": calib.key if (calib and METHODS[v.method].needs_calibration) else None,
+        })
+        ckpt = rd.checkpoint(v.name)
+        manifest_path = rd.variant(v.name) / "manifest.json"
+        manifest = read_json(manifest_path)
+        quantized_now = False
+        if fresh or not manifest or manifest.get("key") != key or not ckpt.is_dir():
+            manifest_path.unlink(missing_ok=True)
+            with progress.task(f"quantize {v.name} ({v.method})", total=None):
+                model = load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
+                ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
+                                      work_dir=rd.variant(v.name) / "work")
+                with atomic_dir(ckpt) as tmp:
+                    summary = quantizer.quantize(model, v, calib, tmp, ctx)
+                del model
+                gc.collect()
+            manifest = {"key": key, "method": v.method, "summary": summary, "llmquant": __version__}
+            atomic_write_json(manifest_path, manifest)
+            quantized_now = True
+        vjob = job_for(ckpt)
+        vkey = content_hash({"artifact": key, "protocol": pkey, "job": asdict(vjob)})
+        cached = read_json(rd.result(v.name))
+        if not fresh and not quantized_now and cached and cached.get("key") == vkey:
+            result, evaluated_now = EvalResult.from_dict(cached["result"]), False
+        else:
+            result, evaluated_now = _evaluate(vjob, recipe, rd, v.name, progress), True
+            atomic_write_json(rd.result(v.name), {"key": vkey, "result": result.to_dict()})
+        progress.message(f"{v.name}: perplexity {result.ppl:.3f} ({delta_pct(result.ppl, baseline.ppl):+.2f} %)")
+        outcomes.append(VariantOutcome(v.name, v.method, ckpt, key, result, quantized_now, evaluated_now,
+                                       manifest.get("summary", {})))
+
+    # -- leaderboard and winner --------------------------------------------------------------
+    common = dict(run=recipe.run_name, run_dir=str(rd.root.resolve()), model=src.label, model_hash=model_hash,
+                  baseline_ppl=baseline.ppl)
+    rows = [result_row(**common, variant="baseline", method="none", bits=None, group_size=None, fmt="hf",
+                       is_baseline=True, result=baseline, artifact=str(base_dir), artifact_hash=model_hash)]
+    for o, v in zip(outcomes, recipe.variants):
+        rows.append(result_row(**common, variant=o.name, method=o.method, bits=getattr(v, "bits", None),
+                               group_size=getattr(v, "group_size", None), fmt=o.summary.get("format", "?"),
+                               is_baseline=False, result=o.result, artifact=str(o.checkpoint), artifact_hash=o.key))
+    board.record(rows)
+    decision = pick_winner(baseline.ppl, [
+        Candidate(o.name, o.result.size_bytes, o.result.ppl,
+                  o.result.latency.ttft_ms_median if o.result.latency else None,
+                  o.result.latency.decode_tok_s if o.result.latency else None) for o in outcomes
+    ], recipe.select)
+    summary = RunSummary(rd.root, src.label, baseline, baseline_reused, outcomes, decision, board.path)
+    write_reports(summary, rows, recipe)
+    return summary
+
+
+def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None:
+    md = render_markdown([Row(r) for r in rows], title=f"{recipe.run_name} — leaderboard")
+    md += f"\n**Winner**: {summary.decision.winner or 'none'} — {summary.decision.reason}\n"
+    atomic_write_text(summary.run_dir / "leaderboard.md", md)
+    atomic_write_json(summary.run_dir / "results.json", {
+        "recipe": str(recipe.path) if recipe.path else None,
+        "model": summary.model,
+        "baseline": summary.baseline.to_dict(),
+        "variants": [{"name": o.name, "method": o.method, "checkpoint": str(o.checkpoint), "key": o.key,
+                      "result": o.result.to_dict(), "quantize": o.summary} for o in summary.variants],
+        "winner": {"name": summary.decision.winner, "reason": summary.decision.reason},
+        "select": recipe.select.model_dump(),
+        "llmquant": __version__,
+    })

@@ -1,0 +1,82 @@
+"""Checks a recipe can run, without loading model weights: files exist, the model's config is
+readable, and every quantized layer's shape suits its bits and group size."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from .errors import UserError
+from .loading import ModelSource, load_config, resolve_source
+from .recipe import Recipe, WeightOnlyVariant
+
+log = logging.getLogger("llmquant")
+
+
+@dataclass
+class PreflightReport:
+    source: ModelSource
+    notes: list[str] = field(default_factory=list)
+
+
+def _check_dataset(recipe: Recipe, section: str) -> None:
+    from .data import HUB_DATASETS
+
+    spec = getattr(recipe, section).dataset
+    src = spec.source
+    if src.startswith("builtin:") or src in HUB_DATASETS:
+        return
+    path = recipe.resolve(src)
+    if not path.is_file():
+        raise UserError(f"{recipe.path}: {section}.dataset.source: {path} not found")
+    if path.stat().st_size == 0:
+        raise UserError(f"{recipe.path}: {section}.dataset.source: {path} is empty")
+
+
+def meta_model(config):
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config)
+
+
+def check_shapes(recipe: Recipe, model) -> None:
+    from .formats.gptq_v1 import shape_problem
+    from .quantize.targets import allowed_group_sizes, target_linears
+
+    for i, v in enumerate(recipe.variants):
+        if not isinstance(v, WeightOnlyVariant):
+            continue
+        targets = target_linears(model, v)
+        if not targets:
+            raise UserError(f"{recipe.path}: variants[{i}]: no Linear layers left to quantize (all skipped by overrides)")
+        in_features = {lin.in_features for lin, _ in targets.values()}
+        for name, (lin, s) in targets.items():
+            problem = shape_problem(lin.in_features, lin.out_features, s.bits, s.group_size)
+            if problem:
+                field_name = "group_size" if "group size" in problem else "bits"
+                raise UserError(
+                    f"{recipe.path}: variants[{i}].{field_name}: {problem} ({name}); "
+                    + (f"allowed here: {allowed_group_sizes(in_features)}" if field_name == "group_size"
+                       else "choose other bits for this layer with an override")
+                )
+
+
+def preflight(recipe: Recipe) -> PreflightReport:
+    src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
+    report = PreflightReport(src)
+    _check_dataset(recipe, "eval")
+    if recipe.calibration is not None:
+        _check_dataset(recipe, "calibration")
+    try:
+        config = load_config(src, recipe.model.trust_remote_code)
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"{recipe.path}: model.source: cannot read the model's config ({str(e).splitlines()[0]})") from None
+    if config is None:
+        report.notes.append("model config not available offline: layer shapes not checked")
+        return report
+    check_shapes(recipe, meta_model(config))
+    return report

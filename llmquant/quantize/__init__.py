@@ -1,0 +1,36 @@
+"""The table of quantization methods.
+
+One explicit entry per method. The implementation is named as "module:attr" and imported
+only when a variant of that method runs, so heavy optional backends cost nothing otherwise.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import Quantizer
+
+
+@dataclass(frozen=True)
+class MethodEntry:
+    impl: str
+    needs_calibration: bool
+    summary: str
+
+
+METHODS: dict[str, MethodEntry] = {
+    "rtn": MethodEntry(
+        "llmquant.quantize.rtn:RTNQuantizer",
+        needs_calibration=False,
+        summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
+    ),
+}
+
+
+def get_quantizer(method: str) -> "Quantizer":
+    entry = METHODS[method]
+    module_name, attr = entry.impl.split(":")
+    return getattr(importlib.import_module(module_name), attr)()

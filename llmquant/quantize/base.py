@@ -1,0 +1,51 @@
+"""The Quantizer protocol and the artifact a quantizer leaves on disk."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from ..progress import NULL_PROGRESS, Progress
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    """Tokenised calibration crops [n_samples, seqlen] and the hash that identifies them."""
+
+    input_ids: torch.Tensor
+    key: str
+
+
+@dataclass
+class QuantizeContext:
+    device: str = "cpu"
+    progress: Progress = NULL_PROGRESS
+    work_dir: Path | None = None  # per-variant scratch space (per-block state for resume)
+    tokenizer: Any = None
+
+
+@dataclass(frozen=True)
+class QuantizedArtifact:
+    path: Path
+    method: str
+    format: str  # "gptq-v1", "awq-gemm", "bnb", "hf"
+    config: dict
+    size_bytes: int
+    content_hash: str
+    layer_report: list[dict] = field(default_factory=list)
+
+
+class Quantizer(Protocol):
+    method: str
+    version: str  # bump when the method's output changes: it is part of the cache key
+
+    def quantize(self, model: torch.nn.Module, variant: Any, calib: CalibrationSet | None,
+                 out_dir: Path, ctx: QuantizeContext) -> dict:
+        """Quantize `model` (which it may modify) and write a checkpoint into `out_dir`.
+
+        Returns the summary to record: {"format": ..., "config": ..., "layers": [...]}.
+        """
+        ...

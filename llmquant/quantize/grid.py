@@ -1,0 +1,98 @@
+"""Integer grids for weight-only quantization: pure tensor-in, tensor-out functions.
+
+Conventions (those of the GPTQ reference and the GPTQ v1 checkpoint format):
+  w ≈ scale * (q - zero),  q in [0, 2**bits - 1]
+Weights are [out_features, in_features]; groups run along the input dimension, and the
+per-group parameters are laid out [n_groups, out_features] as the checkpoint stores them.
+Scales are rounded to fp16 before q is computed, because fp16 is what the checkpoint keeps:
+the integers are chosen for the scale that will actually be used.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def max_q(bits: int) -> int:
+    return (1 << bits) - 1
+
+
+def grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+    """Scale and zero point for each row of `w` (rows share one grid), GPTQ-reference style.
+
+    The range always contains 0. Asymmetric zeros are kept >= 1 because GPTQ v1 stores
+    zero - 1 in `bits` bits: a zero of 0 cannot be written (GPTQModel's "v2" exists for it).
+    Returns (scale, zero) as float32 tensors of shape [rows].
+    """
+    w = w.float()
+    maxq = max_q(bits)
+    zeros_ = torch.zeros(w.shape[0], device=w.device)
+    xmin = torch.minimum(w.min(dim=1).values, zeros_)
+    xmax = torch.maximum(w.max(dim=1).values, zeros_)
+    if sym:
+        # The reference keeps xmin = 0 for all-positive rows, which clips them at 7/15 of
+        # their max under the fixed zero of a symmetric grid; centring always avoids that.
+        xmax = torch.maximum(xmin.abs(), xmax)
+        xmin = -xmax
+    dead = (xmin == 0) & (xmax == 0)
+    xmin = torch.where(dead, torch.full_like(xmin, -1.0), xmin)
+    xmax = torch.where(dead, torch.full_like(xmax, 1.0), xmax)
+    if sym:
+        scale = (xmax - xmin) / maxq
+        zero = torch.full_like(scale, (maxq + 1) / 2)
+    else:
+        scale = (xmax - xmin) / maxq
+        zero = torch.round(-xmin / scale)
+        # v1 cannot store zero 0: widen the step so the grid [-scale, (maxq-1)*scale] covers xmax.
+        low = zero < 1
+        scale = torch.where(low, xmax / (maxq - 1), scale)
+        zero = torch.where(low, torch.ones_like(zero), zero)
+    scale = scale.half().float()
+    scale = torch.where(scale == 0, torch.full_like(scale, torch.finfo(torch.float16).tiny), scale)
+    return scale, zero
+
+
+def quantize_to_grid(w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
+    """Integers q (int32) for `w` on the grid of per-row `scale`/`zero` (broadcast over columns)."""
+    q = torch.round(w.float() / scale.unsqueeze(-1)) + zero.unsqueeze(-1)
+    return q.clamp_(0, max_q(bits)).to(torch.int32)
+
+
+def dequantize_grid(q: Tensor, scale: Tensor, zero: Tensor) -> Tensor:
+    return scale.unsqueeze(-1) * (q.float() - zero.unsqueeze(-1))
+
+
+def fake_quantize(w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
+    return dequantize_grid(quantize_to_grid(w, scale, zero, bits), scale, zero)
+
+
+def group_index(in_features: int, group_size: int) -> Tensor:
+    """g_idx without act-order: column i belongs to group i // group_size."""
+    gs = in_features if group_size == -1 else group_size
+    return torch.arange(in_features, dtype=torch.int32) // gs
+
+
+def quantize_rtn(w: Tensor, bits: int, group_size: int, sym: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Round-to-nearest of a [out, in] weight with groups along `in`.
+
+    Returns q [out, in] int32, scales [n_groups, out] float32 (fp16-exact), zeros [n_groups, out].
+    """
+    out_f, in_f = w.shape
+    gs = in_f if group_size == -1 else group_size
+    if in_f % gs:
+        raise ValueError(f"group size {gs} does not divide in_features {in_f}")
+    n_groups = in_f // gs
+    wg = w.float().reshape(out_f, n_groups, gs).permute(1, 0, 2).reshape(n_groups * out_f, gs)
+    scale, zero = grid_params(wg, bits, sym)
+    q = quantize_to_grid(wg, scale, zero, bits)
+    q = q.reshape(n_groups, out_f, gs).permute(1, 0, 2).reshape(out_f, in_f)
+    return q, scale.reshape(n_groups, out_f), zero.reshape(n_groups, out_f)
+
+
+def dequantize_groups(q: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor) -> Tensor:
+    """[out, in] weights from integers and per-group [n_groups, out] parameters, any g_idx."""
+    g = g_idx.long()
+    s = scales.float()[g].t()  # [out, in]
+    z = zeros.float()[g].t()
+    return s * (q.float() - z)

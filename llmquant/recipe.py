@@ -1,0 +1,320 @@
+"""Recipes: YAML documents turned into typed, validated models.
+
+Every section is a pydantic model with `extra="forbid"`, so a misspelt key is an error that
+names its YAML path. Relative paths in a recipe are resolved against the recipe file's
+directory, so a recipe works from any working directory.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from .errors import UserError
+from .quantize import METHODS
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+Dtype = Literal["float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+GPTQ_BITS = (2, 3, 4, 8)
+"""Bit widths the GPTQ v1 checkpoint format (and so vLLM/transformers) can store."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_name(v: str) -> str:
+    if not NAME_RE.match(v):
+        raise ValueError(
+            "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
+        )
+    return v
+
+
+def _check_group_size(v: int) -> int:
+    if v != -1 and v < 1:
+        raise ValueError("must be -1 (one group per row) or a positive divisor of the layer's input features")
+    return v
+
+
+class DatasetSpec(Strict):
+    """A corpus: a local file (.txt, .jsonl, .json, .parquet, .tokens), `builtin:pydoc`, or a hub name."""
+
+    source: str
+    field: str = "text"
+    split: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v
+
+    @field_validator("source")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+class ModelSpec(Strict):
+    source: str = Field(description="HF directory, .gguf file, hub id, or the alias smollm2-demo")
+    gguf_file: str | None = None
+    dtype: Dtype = "float32"
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: Device = "auto"
+
+
+class CalibrationSpec(Strict):
+    dataset: DatasetSpec
+    n_samples: int = Field(128, ge=1, le=100_000)
+    seqlen: int = Field(2048, ge=8, le=1_000_000)
+    seed: int = 0
+
+
+class LatencySpec(Strict):
+    enabled: bool = True
+    prompt_tokens: int = Field(128, ge=1)
+    decode_tokens: int = Field(32, ge=1)
+    repeats: int = Field(5, ge=1)
+    warmup: int = Field(1, ge=0)
+    prompts: list[str] | None = None
+
+
+class EvalSpec(Strict):
+    dataset: DatasetSpec
+    seqlen: int = Field(2048, ge=8, le=1_000_000)
+    max_windows: int | None = Field(None, ge=1)
+    batch_size: int = Field(1, ge=1)
+    latency: LatencySpec = LatencySpec()
+    isolate: bool = Field(
+        True, description="evaluate each checkpoint in its own process, so peak memory is its own"
+    )
+
+
+class ModuleOverride(Strict):
+    """Per-module settings, matched with re.search against module names such as
+    `model.layers.3.mlp.down_proj`. The first matching override wins."""
+
+    pattern: str
+    skip: bool = False
+    bits: Literal[2, 3, 4, 8] | None = None
+    group_size: int | None = None
+    sym: bool | None = None
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, v: str) -> str:
+        try:
+            re.compile(v)
+        except re.error as e:
+            raise ValueError(f"is not a valid regular expression ({e})") from None
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int | None) -> int | None:
+        return None if v is None else _check_group_size(v)
+
+
+class VariantBase(Strict):
+    name: str
+    save_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="dtype of the tensors left unquantized; auto = float16 unless the model is bfloat16"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return _check_name(v)
+
+
+class WeightOnlyVariant(VariantBase):
+    """Options shared by weight-only integer methods stored in packed integer formats."""
+
+    bits: Literal[2, 3, 4, 8] = 4
+    group_size: int = 128
+    sym: bool = True
+    quantize_lm_head: bool = False
+    overrides: list[ModuleOverride] = []
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        return _check_group_size(v)
+
+
+class RTNVariant(WeightOnlyVariant):
+    """Round-to-nearest: each group's min/max (or absmax) sets its grid; no calibration."""
+
+    method: Literal["rtn"]
+
+
+Variant = Annotated[Union[RTNVariant], Field(discriminator="method")]
+
+
+class SelectSpec(Strict):
+    policy: Literal["smallest_within", "fastest_within", "best_ppl"] = "smallest_within"
+    max_ppl_increase_pct: float = Field(
+        2.0, ge=0, description="the usual rule: under 2 % perplexity loss is acceptable"
+    )
+
+
+class OutputSpec(Strict):
+    dir: str | None = Field(None, description="run directory; default ./runs/<recipe name>")
+    board: str | None = Field(None, description="leaderboard SQLite file; default the user data dir")
+
+
+class Recipe(Strict):
+    name: str | None = None
+    description: str | None = None
+    model: ModelSpec
+    calibration: CalibrationSpec | None = None
+    eval: EvalSpec
+    variants: list[Variant] = []
+    select: SelectSpec = SelectSpec()
+    output: OutputSpec = OutputSpec()
+
+    _path: Path | None = PrivateAttr(None)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str | None) -> str | None:
+        return None if v is None else _check_name(v)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Recipe":
+        seen: dict[str, int] = {}
+        for i, v in enumerate(self.variants):
+            if v.name in seen:
+                raise ValueError(
+                    f"variants[{i}].name: {v.name!r} is already used by variants[{seen[v.name]}]; names must be unique"
+                )
+            seen[v.name] = i
+            if METHODS[v.method].needs_calibration and self.calibration is None:
+                raise ValueError(
+                    f"variants[{i}]: method {v.method!r} needs a 'calibration' section (dataset, n_samples, seqlen)"
+                )
+        return self
+
+    # -- paths -------------------------------------------------------------------------------
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return _check_name(self._path.stem) if self._path else "run"
+
+    def resolve(self, p: str) -> Path:
+        """A path from the recipe, relative to the recipe's directory."""
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def run_dir(self) -> Path:
+        if self.output.dir:
+            return self.resolve(self.output.dir)
+        return Path.cwd() / "runs" / self.run_name
+
+
+# -- loading ---------------------------------------------------------------------------------
+
+
+def _yaml_path(loc: tuple) -> str:
+    """('variants', 2, 'rtn', 'bits') -> 'variants[2].bits' (the union tag is dropped)."""
+    out = ""
+    prev_was_list_index = False
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            prev_was_list_index = True
+            continue
+        if prev_was_list_index and part in _VARIANT_TAGS:
+            prev_was_list_index = False
+            continue
+        if part in ("function-before[_from_string(), DatasetSpec]",):
+            continue
+        out += f".{part}" if out else str(part)
+        prev_was_list_index = False
+    return out or "(top level)"
+
+
+_VARIANT_TAGS = set(METHODS)
+
+
+def _describe(err: dict) -> str:
+    where = _yaml_path(tuple(err.get("loc", ())))
+    kind = err.get("type", "")
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key (check the spelling; see `llmquant validate --help`)"
+    if kind == "missing":
+        return f"{where}: required but missing"
+    if kind == "union_tag_invalid":
+        tag = (err.get("ctx") or {}).get("tag", value)
+        expected = (err.get("ctx") or {}).get("expected_tags", "")
+        return f"{where}.method: {tag!r} is not a known method; allowed: {expected}"
+    if kind == "union_tag_not_found":
+        return f"{where}.method: required (one of {', '.join(sorted(_VARIANT_TAGS))})"
+    msg = err.get("msg", "invalid")
+    msg = msg.removeprefix("Value error, ")
+    if kind == "value_error" and where == "(top level)":
+        return msg
+    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
+    return f"{where}: got {shown}; {msg[0].lower() + msg[1:] if msg else msg}"
+
+
+def format_validation_error(path: Path | str, e: ValidationError) -> str:
+    parts = [_describe(err) for err in e.errors(include_url=False)]
+    return f"{path}: " + "; ".join(parts)
+
+
+def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
+    """Validate an already-parsed YAML document."""
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: a recipe must be a YAML mapping (model:, eval:, variants:, ...), got {type(data).__name__}")
+    try:
+        recipe = Recipe.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(path, e)) from None
+    recipe._path = Path(path).resolve() if str(path) != "<recipe>" else None
+    return recipe
+
+
+def load_recipe(path: Path | str) -> Recipe:
+    """Read and validate a recipe file; every problem becomes a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: recipe file not found")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read recipe ({e})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise UserError(f"{path}: malformed YAML{where}: {problem}") from None
+    return parse_recipe(data, path)

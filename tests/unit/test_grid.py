@@ -1,0 +1,61 @@
+import torch
+
+from llmquant.quantize.grid import dequantize_groups, group_index, quantize_rtn
+
+
+def reference_rtn(w: torch.Tensor, bits: int, gs: int, sym: bool):
+    """Straightforward per-(row, group) loop in float64."""
+    out_f, in_f = w.shape
+    maxq = 2**bits - 1
+    w_hat = torch.zeros_like(w, dtype=torch.float64)
+    for r in range(out_f):
+        for g0 in range(0, in_f, gs):
+            x = w[r, g0:g0 + gs].double()
+            lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+            if sym:
+                hi = max(abs(lo), hi)
+                lo = -hi
+            if lo == hi == 0:
+                lo, hi = -1.0, 1.0
+            scale = (hi - lo) / maxq
+            zero = (maxq + 1) / 2 if sym else round(-lo / scale)
+            if not sym and zero < 1:
+                scale, zero = hi / (maxq - 1), 1
+            scale = float(torch.tensor(scale).half())
+            q = torch.clamp(torch.round(x / scale) + zero, 0, maxq)
+            w_hat[r, g0:g0 + gs] = scale * (q - zero)
+    return w_hat
+
+
+def test_rtn_matches_reference_sym_and_asym():
+    torch.manual_seed(0)
+    w = torch.randn(16, 64)
+    w[3, :32] = w[3, :32].abs()  # an all-positive group
+    for bits in (2, 3, 4, 8):
+        for sym in (True, False):
+            q, s, z = quantize_rtn(w, bits, 32, sym)
+            got = dequantize_groups(q, s, z, group_index(64, 32))
+            torch.testing.assert_close(got.double(), reference_rtn(w, bits, 32, sym), rtol=0, atol=1e-6)
+
+
+def test_grid_properties():
+    torch.manual_seed(1)
+    w = torch.randn(8, 128)
+    q, s, z = quantize_rtn(w, 4, 64, sym=True)
+    assert q.dtype == torch.int32 and q.min() >= 0 and q.max() <= 15
+    assert s.shape == (2, 8) and torch.all(z == 8)
+    assert torch.equal(s, s.half().float())  # fp16-exact: what the checkpoint stores
+    q, s, z = quantize_rtn(w, 4, -1, sym=False)
+    assert s.shape == (1, 8) and z.min() >= 1  # v1 stores zero-1, so zero >= 1
+    err = (dequantize_groups(q, s, z, group_index(128, -1)) - w).abs()
+    assert torch.all(err <= s[0].unsqueeze(1) / 2 + 1e-6)
+
+
+def test_more_bits_less_error():
+    torch.manual_seed(2)
+    w = torch.randn(32, 64)
+    errs = []
+    for bits in (2, 3, 4, 8):
+        q, s, z = quantize_rtn(w, bits, 32, True)
+        errs.append(float((dequantize_groups(q, s, z, group_index(64, 32)) - w).norm()))
+    assert errs == sorted(errs, reverse=True)
