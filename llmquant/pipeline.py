@@ -161,9 +161,10 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         if fresh or not manifest or manifest.get("key") != key or not ckpt.is_dir():
             manifest_path.unlink(missing_ok=True)
             with progress.task(f"quantize {v.name} ({v.method})", total=None):
-                model = load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
+                model = None if METHODS[v.method].loads_own_model else \
+                    load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
                 ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
-                                      work_dir=rd.variant(v.name) / "work")
+                                      work_dir=rd.variant(v.name) / "work", model_dir=base_dir)
                 with atomic_dir(ckpt) as tmp:
                     summary = quantizer.quantize(model, v, calib, tmp, ctx)
                 del model

@@ -19,6 +19,7 @@ class MethodEntry:
     impl: str
     needs_calibration: bool
     summary: str
+    loads_own_model: bool = False
 
 
 METHODS: dict[str, MethodEntry] = {

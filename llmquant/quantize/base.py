@@ -25,6 +25,7 @@ class QuantizeContext:
     progress: Progress = NULL_PROGRESS
     work_dir: Path | None = None  # per-variant scratch space (per-block state for resume)
     tokenizer: Any = None
+    model_dir: Path | None = None  # the base model as an HF directory (for methods that load it themselves)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,9 @@ class Quantizer(Protocol):
     def quantize(self, model: torch.nn.Module, variant: Any, calib: CalibrationSet | None,
                  out_dir: Path, ctx: QuantizeContext) -> dict:
         """Quantize `model` (which it may modify) and write a checkpoint into `out_dir`.
+
+        `model` is None for methods whose table entry says `loads_own_model` (they read
+        `ctx.model_dir` themselves, e.g. through transformers' quantization_config).
 
         Returns the summary to record: {"format": ..., "config": ..., "layers": [...]}.
         """

@@ -11,11 +11,11 @@ from torch import nn
 
 from ..formats import gptq_v1
 from ..formats.intweight import IntWeight
-from ..formats.checkpoint import save_dtype, write_checkpoint
-from ..recipe import RTNVariant, WeightOnlyVariant
+from ..recipe import RTNVariant
 from .base import CalibrationSet, QuantizeContext
 from .grid import group_index, quantize_rtn
-from .targets import find_blocks, target_linears
+from .save import save_gptq_model
+from .targets import target_linears
 
 log = logging.getLogger("llmquant")
 
@@ -23,30 +23,6 @@ log = logging.getLogger("llmquant")
 def layer_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     """Relative Frobenius error ||W - Ŵ|| / ||W|| of a quantized weight."""
     return float((w.float() - w_hat).norm() / w.float().norm().clamp_min(1e-12))
-
-
-def save_gptq_model(model: nn.Module, layers: dict[str, IntWeight], variant: WeightOnlyVariant,
-                    tokenizer, out_dir: Path, extra_config: dict | None = None) -> dict:
-    """Pack `layers` and write the whole model as a GPTQ v1 checkpoint. Returns the quant config."""
-    packed = {}
-    for name, layer in layers.items():
-        tensors = gptq_v1.pack_layer(layer)
-        bias = model.get_submodule(name).bias
-        if bias is not None:
-            tensors["bias"] = bias.detach()
-        packed[name] = tensors
-    prefix, _ = find_blocks(model)
-    qc = gptq_v1.quantization_config(
-        bits=variant.bits, group_size=variant.group_size, sym=variant.sym,
-        lm_head="lm_head" in layers,
-        dynamic=gptq_v1.dynamic_rules(variant.overrides, variant.bits, variant.group_size, variant.sym),
-        **(extra_config or {}),
-    )
-    qc["modules_in_block_to_quantize"] = gptq_v1.modules_in_block(list(layers), prefix)
-    quantize_config = {k: v for k, v in qc.items() if k != "modules_in_block_to_quantize"}
-    write_checkpoint(out_dir, model, packed, qc, tokenizer, save_dtype(model, variant.save_dtype),
-                     extra_json={"quantize_config.json": quantize_config})
-    return qc
 
 
 class RTNQuantizer:
