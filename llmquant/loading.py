@@ -226,6 +226,23 @@ def load_hf_model(path: Path, dtype: str, device: str, trust_remote_code: bool =
     return model.to(device).eval()
 
 
+def cpu_has_bf16() -> bool:
+    """AVX512-bf16 / AMX: where bf16 matmuls are fast on this CPU."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def resolve_dtype(choice: str, device: str) -> str:
+    """The compute dtype for `auto`: fp16 on CUDA, bf16 on a CPU with bf16 support, else fp32."""
+    if choice != "auto":
+        return choice
+    if device.startswith("cuda"):
+        return "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"
+
+
 def pick_device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"

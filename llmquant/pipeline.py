@@ -17,7 +17,7 @@ from .data import calibration_crops, cached_tokens, check_eval_length, load_corp
 from .errors import UserError
 from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for, tokens_sha256
 from .eval.results import EvalResult
-from .loading import fingerprint, load_hf_model, load_tokenizer, materialize_base, pick_device
+from .loading import fingerprint, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
 from .preflight import preflight
 from .progress import NULL_PROGRESS, Progress
 from .quantize import METHODS, get_quantizer
@@ -68,6 +68,15 @@ def _evaluate(job: EvalJob, recipe: Recipe, rd: RunDir, label: str, progress: Pr
         if recipe.eval.isolate:
             return evaluate_isolated(job, rd.logs / f"eval-{label}", progress)
         return evaluate_checkpoint(job, progress)
+
+
+def report_check(label: str, result: EvalResult, progress: Progress) -> None:
+    """Say so when 16-bit compute moved perplexity more than the stated tolerance."""
+    c = result.check
+    if c and not c["within"]:
+        progress.message(f"{label}: {result.protocol.dtype} perplexity differs from float32 by {c['diff_pct']:+.3f} % "
+                         f"on the first {c['windows']} windows ({c['ppl_float32']:.4f} in float32), more than "
+                         f"{c['tolerance_pct']} %: both are recorded in results.json")
 
 
 def build_calibration(recipe: Recipe, rd: RunDir, tokenizer, model_hash: str, progress: Progress) -> CalibrationSet | None:
@@ -123,7 +132,8 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         return EvalJob(
             checkpoint=str(checkpoint), tokens_path=str(tokens_path), corpus=corpus.label,
             corpus_sha256=corpus.sha256, seqlen=ev.seqlen, max_windows=ev.max_windows,
-            batch_size=ev.batch_size, dtype=recipe.model.dtype, device=device,
+            batch_size=ev.batch_size, dtype=resolve_dtype(recipe.model.dtype, device), device=device,
+            check_windows=ev.check_windows, check_tolerance_pct=ev.check_tolerance_pct,
             latency=ev.latency.model_dump() if ev.latency.enabled else None,
             trust_remote_code=recipe.model.trust_remote_code,
         )
@@ -145,6 +155,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         baseline_reused = False
         atomic_write_json(rd.baseline_result(), {"key": eval_key, "result": baseline.to_dict()})
     progress.message(f"baseline perplexity {baseline.ppl:.3f}" + (" (reused)" if baseline_reused else ""))
+    report_check("baseline", baseline, progress)
 
     # -- variants ----------------------------------------------------------------------------
     outcomes: list[VariantOutcome] = []
@@ -181,6 +192,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             result, evaluated_now = _evaluate(vjob, recipe, rd, v.name, progress), True
             atomic_write_json(rd.result(v.name), {"key": vkey, "result": result.to_dict()})
         progress.message(f"{v.name}: perplexity {result.ppl:.3f} ({delta_pct(result.ppl, baseline.ppl):+.2f} %)")
+        report_check(v.name, result, progress)
         outcomes.append(VariantOutcome(v.name, v.method, ckpt, key, result, quantized_now, evaluated_now,
                                        manifest.get("summary", {})))
 

@@ -26,7 +26,7 @@ from .errors import UserError
 from .quantize import METHODS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-Dtype = Literal["float32", "bfloat16", "float16"]
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 GPTQ_BITS = (2, 3, 4, 8)
 """Bit widths the GPTQ v1 checkpoint format (and so vLLM/transformers) can store."""
@@ -73,7 +73,8 @@ class DatasetSpec(Strict):
 class ModelSpec(Strict):
     source: str = Field(description="HF directory, .gguf file, hub id, or the alias smollm2-demo")
     gguf_file: str | None = None
-    dtype: Dtype = "float32"
+    dtype: Dtype = Field("auto", description="compute dtype for evaluation; auto = float16 on CUDA, bfloat16 "
+                                            "on CPUs with bf16 support (checked against float32), else float32")
     revision: str | None = None
     trust_remote_code: bool = False
     device: Device = "auto"
@@ -100,6 +101,8 @@ class EvalSpec(Strict):
     seqlen: int = Field(2048, ge=8, le=1_000_000)
     max_windows: int | None = Field(None, ge=1)
     batch_size: int = Field(1, ge=1)
+    check_windows: int = Field(2, ge=0, description="windows also scored in float32 when computing in 16-bit (CPU)")
+    check_tolerance_pct: float = Field(0.1, ge=0, description="16-bit vs float32 difference that is reported")
     latency: LatencySpec = LatencySpec()
     isolate: bool = Field(
         True, description="evaluate each checkpoint in its own process, so peak memory is its own"

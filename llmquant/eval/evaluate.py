@@ -23,11 +23,11 @@ from safetensors.torch import load_file
 
 from .. import __version__
 from ..errors import UserError
-from ..loading import pick_device, set_threads
+from ..loading import DTYPES, pick_device, set_threads
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import atomic_write_json, read_json
 from .latency import measure_latency, prompts_from_stream
-from .perplexity import PROTOCOL_NAME, perplexity, window_count
+from .perplexity import PROTOCOL_NAME, perplexity, ppl_of, window_count
 from .results import EvalResult, Protocol
 
 
@@ -40,8 +40,10 @@ class EvalJob:
     seqlen: int
     max_windows: int | None = None
     batch_size: int = 1
-    dtype: str = "float32"
+    dtype: str = "float32"  # the compute dtype, already resolved (never "auto")
     device: str = "auto"
+    check_windows: int = 0  # when computing in 16 bits on a CPU: windows also scored in float32
+    check_tolerance_pct: float = 0.1
     latency: dict | None = None  # LatencySpec fields, or None to skip
     trust_remote_code: bool = False
 
@@ -96,6 +98,19 @@ def latency_prompts(job: EvalJob, ids: torch.Tensor, tokenizer) -> list[torch.Te
     return prompts_from_stream(ids, n, lat.get("prompt_tokens", 128))
 
 
+def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> None:
+    """Cast float parameters to `dtype`, leaving packed/quantized modules (which choose their own
+    compute per call) and buffers such as rotary frequencies (kept in fp32 by transformers) alone."""
+    from ..formats.qlinear import QuantLinear
+
+    for module in model.modules():
+        if isinstance(module, QuantLinear) or type(module).__module__.startswith("bitsandbytes"):
+            continue
+        for p in module.parameters(recurse=False):
+            if p.is_floating_point() and p.dtype != dtype:
+                p.data = p.data.to(dtype)
+
+
 def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolated: bool = False) -> EvalResult:
     from ..formats.load import load_checkpoint
 
@@ -105,11 +120,24 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
     n_windows = window_count(ids.shape[-1], job.seqlen, job.max_windows)
     if n_windows == 0:
         raise UserError(f"eval: {job.corpus} has {ids.shape[-1]} tokens, fewer than one window of {job.seqlen}")
+    check = min(job.check_windows, n_windows) if (job.dtype != "float32" and device == "cpu") else 0
     t0 = time.perf_counter()
-    model, tokenizer, info = load_checkpoint(Path(job.checkpoint), job.dtype, device, job.trust_remote_code)
+    model, tokenizer, info = load_checkpoint(Path(job.checkpoint), "float32" if check else job.dtype, device,
+                                             job.trust_remote_code)
     t_load = time.perf_counter() - t0
+    ref = None
+    if check:
+        ref = perplexity(model, ids, job.seqlen, check, job.batch_size, device, progress, label="float32 check")
+        cast_model(model, DTYPES[job.dtype])
+    t1 = time.perf_counter()
     ppl = perplexity(model, ids, job.seqlen, job.max_windows, job.batch_size, device, progress)
-    t_ppl = time.perf_counter() - t0 - t_load
+    t_ppl = time.perf_counter() - t1
+    check_result = None
+    if ref is not None:
+        fast = ppl_of(ppl.window_nll[:check], job.seqlen)
+        diff = (fast / ref.ppl - 1.0) * 100.0
+        check_result = {"windows": check, "ppl_float32": ref.ppl, f"ppl_{job.dtype}": fast, "diff_pct": diff,
+                        "tolerance_pct": job.check_tolerance_pct, "within": abs(diff) <= job.check_tolerance_pct}
     lat = None
     if job.latency is not None:
         prompts = latency_prompts(job, ids, tokenizer)
@@ -121,9 +149,11 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
         ppl=ppl.ppl, nll_sum=ppl.nll_sum, protocol=protocol, size_bytes=info.size_bytes,
         weights_bytes=resident_bytes(model), peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
         latency=lat,
-        seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0},
+        seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0,
+                 "tokens_per_s": ppl.windows * job.seqlen / t_ppl if t_ppl > 0 else None},
         env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
              "machine": platform.machine(), "format": info.format},
+        check=check_result,
     )
 
 

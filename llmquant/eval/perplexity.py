@@ -29,6 +29,11 @@ class PerplexityResult:
     nll_sum: float
     tokens_scored: int
     windows: int
+    window_nll: tuple[float, ...] = ()  # NLL sum of each window, in order
+
+
+def ppl_of(window_nll: list[float] | tuple[float, ...], seqlen: int) -> float:
+    return math.exp(sum(window_nll) / (len(window_nll) * (seqlen - 1)))
 
 
 def window_count(n_tokens: int, seqlen: int, max_windows: int | None) -> int:
@@ -55,28 +60,30 @@ def chunked_nll(hidden: Tensor, targets: Tensor, head: nn.Module, chunk: int = 2
 
 
 @torch.inference_mode()
-def window_nll(model: nn.Module, x: Tensor) -> float:
-    """Sum of NLL of tokens 1.. of each row of x [B, L], each row scored from its own start."""
+def window_nll(model: nn.Module, x: Tensor) -> list[float]:
+    """NLL sum of tokens 1.. of each row of x [B, L], each row scored from its own start."""
     if _plain_head(model):
         hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state
-        return chunked_nll(hidden[:, :-1], x[:, 1:], model.get_output_embeddings())
+        head = model.get_output_embeddings()
+        return [chunked_nll(hidden[i:i + 1, :-1], x[i:i + 1, 1:], head) for i in range(x.shape[0])]
     logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"))
+    return [float(F.cross_entropy(logits[i], x[i, 1:], reduction="sum")) for i in range(x.shape[0])]
 
 
 def perplexity(model: nn.Module, ids: Tensor, seqlen: int, max_windows: int | None = None,
                batch_size: int = 1, device: str | torch.device = "cpu",
-               progress: Progress = NULL_PROGRESS) -> PerplexityResult:
+               progress: Progress = NULL_PROGRESS, label: str = "perplexity") -> PerplexityResult:
     n = window_count(ids.shape[-1], seqlen, max_windows)
     if n == 0:
         raise ValueError(f"{ids.shape[-1]} tokens hold no window of {seqlen}")
     windows = ids.reshape(-1)[: n * seqlen].view(n, seqlen)
-    total = 0.0
-    with progress.task("perplexity", total=n) as advance:
+    nll: list[float] = []
+    with progress.task(label, total=n) as advance:
         for b in range(0, n, batch_size):
             x = windows[b:b + batch_size].to(device)
-            total += window_nll(model, x)
-            done = min(b + batch_size, n)
-            advance(x.shape[0], note=f"ppl so far {math.exp(total / (done * (seqlen - 1))):.3f}")
+            nll.extend(window_nll(model, x))
+            advance(x.shape[0], note=f"ppl so far {ppl_of(nll, seqlen):.3f}")
+    total = sum(nll)
     scored = n * (seqlen - 1)
-    return PerplexityResult(ppl=math.exp(total / scored), nll_sum=total, tokens_scored=scored, windows=n)
+    return PerplexityResult(ppl=math.exp(total / scored), nll_sum=total, tokens_scored=scored, windows=n,
+                            window_nll=tuple(nll))

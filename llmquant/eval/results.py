@@ -48,6 +48,7 @@ class EvalResult:
     latency: LatencyResult | None
     seconds: dict[str, float] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
+    check: dict | None = None  # 16-bit vs float32 on the first windows (see EvalJob.check_windows)
 
     def to_dict(self) -> dict:
         return asdict(self)

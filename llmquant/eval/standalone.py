@@ -11,7 +11,7 @@ from ..board import Board, result_row
 from ..data import cached_tokens, check_eval_length, load_corpus
 from ..errors import UserError
 from ..formats.load import CheckpointInfo, inspect_checkpoint
-from ..loading import fingerprint, load_tokenizer, pick_device, resolve_source
+from ..loading import fingerprint, load_tokenizer, pick_device, resolve_dtype, resolve_source
 from ..progress import Progress
 from ..recipe import DatasetSpec
 from ..runs import atomic_write_bytes, content_hash
@@ -49,7 +49,8 @@ def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqle
         if not tokens_path.exists():
             atomic_write_bytes(tokens_path, save({"input_ids": ids.contiguous()}))
     job = EvalJob(checkpoint=str(path.resolve()), tokens_path=str(tokens_path), corpus=corpus.label,
-                  corpus_sha256=corpus.sha256, seqlen=seqlen, max_windows=max_windows, dtype=dtype, device=device,
+                  corpus_sha256=corpus.sha256, seqlen=seqlen, max_windows=max_windows,
+                  dtype=resolve_dtype(dtype, device), device=device, check_windows=2,
                   latency={"prompt_tokens": 128, "decode_tokens": 32, "repeats": 5, "warmup": 1} if latency else None)
     with progress.task(f"evaluate {path.name}", total=None):
         if isolate:

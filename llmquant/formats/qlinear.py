@@ -1,44 +1,118 @@
 """nn.Module for a Linear whose weight stays quantized in memory (any packed format).
 
-Built from an IntWeight; keeps the integers and per-group parameters, never a dequantized
-copy of the whole weight, and dequantizes on the fly in forward.
+Built from an IntWeight; it never keeps a dequantized copy of the weight:
+- 2/3/4-bit weights with equal groups are packed once for torch's CPU int4 kernel. Calls with
+  few activation rows (decode) use that kernel; calls with many rows (prefill, perplexity
+  windows) dequantize blocks of 64 output rows from the same packed bytes and use a dense
+  matmul, which is faster there. The switch point is measured (bench/kernels.py).
+- 8-bit weights, and shapes the int4 layout cannot take, keep integer rows (uint8 or nibbles)
+  and always use the dense block path.
+Outputs match the dequantized reference within the tolerances tests/unit/test_qlinear.py states.
 """
 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .intweight import IntWeight
+from .kernels import (
+    Int4Packed,
+    contiguous_order,
+    int4_dense_matmul,
+    int4_matmul,
+    pack_int4,
+    pack_nibbles,
+    q_shift,
+    rows_dense_matmul,
+    unpack_int4_layout,
+    unpack_nibbles,
+)
+
+INT4_KERNEL_MAX_ROWS = 32
+"""Largest number of activation rows sent to the int4 kernel; above it the dense path wins
+(bench/results/kernels.md, measured on the team's 2-core AVX512/AMX machine)."""
+
+
+def _compact(t: Tensor, small: torch.dtype) -> Tensor:
+    """`t` in the smaller dtype when that is exact (fp16 scales from checkpoints, integer zeros)."""
+    c = t.to(small)
+    return (c if torch.equal(c.float(), t.float()) else t.float()).contiguous()
 
 
 class QuantLinear(nn.Module):
     def __init__(self, weight: IntWeight, bias: Tensor | None = None):
         super().__init__()
-        self.in_features, self.out_features = weight.in_features, weight.out_features
-        self.bits = weight.bits
-        self.register_buffer("q", weight.q.to(torch.uint8).contiguous())
-        self.register_buffer("scales", weight.scales.float().contiguous())
-        self.register_buffer("zeros", weight.zeros.float().contiguous())
-        self.register_buffer("g_idx", weight.g_idx.to(torch.int32).contiguous())
+        self.in_features, self.out_features, self.bits = weight.in_features, weight.out_features, weight.bits
+        self.group_size = weight.in_features // weight.n_groups
+        perm = contiguous_order(weight.g_idx)
+        q = weight.q if perm is None else weight.q[:, perm]
+        g_idx = weight.g_idx if perm is None else weight.g_idx[perm]
+        self.register_buffer("perm", perm)
+        self.register_buffer("g_idx", g_idx.to(torch.int32).contiguous())  # in kernel column order
         self.register_buffer("bias", bias.detach().clone() if bias is not None else None)
+        for name in ("packed", "scale_zero", "rows", "scales", "zeros"):
+            self.register_buffer(name, None)
+        self.kernel_group = 0
+        # exact group parameters for the dense path (fp16 scales and integer zeros are lossless)
+        self.scales = _compact(weight.scales, torch.float16)
+        self.zeros = _compact(weight.zeros, torch.uint8)
+        self.q_shift = 0
+        int4 = pack_int4(q, weight.scales, weight.zeros, g_idx, weight.bits) if weight.bits <= 4 else None
+        if int4 is not None:
+            self.packed, self.scale_zero, self.kernel_group = int4.packed, int4.scale_zero, int4.group
+            back = unpack_int4_layout(int4.packed, self.out_features, self.in_features)
+            if back is not None and torch.equal(back.to(torch.int32), q.to(torch.int32) + q_shift(self.bits)):
+                self.q_shift = q_shift(self.bits)  # the packed bytes hold q + shift
+                self.layout = "int4pack"  # the dense path reads the same bytes: one copy
+                return
+        # integer rows for the dense path (the int4 kernel still serves decode where it applies)
+        if weight.bits <= 4 and self.in_features % 2 == 0:
+            self.rows, self.layout = pack_nibbles(q), "nibbles"
+        else:
+            self.rows, self.layout = q.to(torch.uint8).contiguous(), "uint8"
 
-    @property
-    def group_size(self) -> int:
-        return self.in_features // self.scales.shape[0]
-
+    # -- the content back -------------------------------------------------------------------
     def int_weight(self) -> IntWeight:
-        return IntWeight(self.q.to(torch.int32), self.scales, self.zeros, self.g_idx, self.bits)
+        """The integers and group parameters, in the checkpoint's column order."""
+        if self.layout == "int4pack":
+            q = unpack_int4_layout(self.packed, self.out_features, self.in_features).to(torch.int32) - self.q_shift
+        else:
+            q = (unpack_nibbles(self.rows) if self.layout == "nibbles" else self.rows).to(torch.int32)
+        scales, zeros = self.scales.float(), self.zeros.float()
+        g_idx = self.g_idx
+        if self.perm is not None:
+            inv = torch.argsort(self.perm)
+            q, g_idx = q[:, inv], g_idx[inv]
+        return IntWeight(q, scales, zeros, g_idx, self.bits)
 
     def dequantized_weight(self, dtype: torch.dtype = torch.float32) -> Tensor:
         return self.int_weight().dequantize().to(dtype)
 
+    # -- compute ---------------------------------------------------------------------------
+    def path_for(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
+        if (self.packed is not None and rows <= INT4_KERNEL_MAX_ROWS and device.type == "cpu"
+                and dtype in (torch.float32, torch.bfloat16)):
+            return "int4"  # decode-sized calls: bf16 activations through the int4 kernel
+        return "dense"
+
     def forward(self, x: Tensor) -> Tensor:
-        w = self.dequantized_weight(x.dtype)
-        b = self.bias.to(x.dtype) if self.bias is not None else None
-        return F.linear(x, w, b)
+        shape = x.shape
+        x2 = x.reshape(-1, self.in_features)
+        if self.perm is not None:
+            x2 = x2.index_select(-1, self.perm)
+        path = self.path_for(x2.shape[0], x.dtype, x.device)
+        if path == "int4":
+            y = int4_matmul(x2, Int4Packed(self.packed, self.scale_zero, self.kernel_group))
+        elif self.layout == "int4pack":
+            y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros.float() + self.q_shift, self.group_size)
+        else:
+            y = rows_dense_matmul(x2, self.rows, self.layout == "nibbles", self.scales, self.zeros, self.g_idx)
+        if self.bias is not None:
+            y = y + self.bias.to(y.dtype)
+        return y.reshape(*shape[:-1], self.out_features)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"groups={self.scales.shape[0]}, bias={self.bias is not None}")
+                f"group_size={self.group_size}, layout={self.layout}, int4_kernel={self.packed is not None}")
+

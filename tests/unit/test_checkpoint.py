@@ -45,9 +45,15 @@ def test_logits_match_dequantized_reference(tmp_path, tiny_model_dir, bits, sym)
     assert info.format == "gptq-v1" and info.bits == bits
     assert sum(isinstance(m, QuantLinear) for m in model.modules()) == 3 * 7
     ref = reference_model(tiny_model_dir, bits, 32, sym)
-    x = tok("def f(x): return x", return_tensors="pt").input_ids
+    from tests.conftest import pydoc_text
+
+    x = tok(pydoc_text("test")[:2000], return_tensors="pt").input_ids[:, :64]
     with torch.no_grad():
+        # 64 rows per Linear: the exact fp32 dense path
         torch.testing.assert_close(model(x).logits, ref(x).logits, rtol=1e-4, atol=1e-4)
+        # a few rows: the int4 kernel (bits <= 4) with bf16 activations
+        short, want = model(x[:, :4]).logits, ref(x[:, :4]).logits
+        assert float((short - want).norm() / want.norm()) < (2e-2 if bits <= 4 else 1e-5)
     assert len(summary["layers"]) == 21 and all(r["rel_error"] > 0 for r in summary["layers"])
 
 

@@ -30,7 +30,7 @@ def finished_run(tmp_path_factory, tiny_model_dir):
     tmp = tmp_path_factory.mktemp("run")
     recipe = write_recipe(tmp / "tiny.yaml", f"""
 name: tiny
-model: {{source: {tiny_model_dir}, device: cpu}}
+model: {{source: {tiny_model_dir}, dtype: float32, device: cpu}}
 eval:
   dataset: {{source: "builtin:pydoc", split: test}}
   seqlen: 128
@@ -145,7 +145,7 @@ def test_bad_recipes_exit_2_one_line_no_rows(case, tmp_path, tiny_model_dir):
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "short.txt").write_text("only a few words here")
     doc = {
-        "model": f"model: {{source: {tiny_model_dir}, device: cpu}}",
+        "model": f"model: {{source: {tiny_model_dir}, dtype: float32, device: cpu}}",
         "eval": "eval: {dataset: 'builtin:pydoc', seqlen: 128, max_windows: 2, isolate: false, latency: {enabled: false}}",
         "variants": "variants: [{name: a, method: rtn, bits: 4, group_size: 32}]",
     }

@@ -1,0 +1,158 @@
+"""CPU kernels for weight-only integer Linears, as pure functions.
+
+Two paths, chosen per call by the number of activation rows (see QuantLinear):
+- int4: torch's `_weight_int4pack_mm_for_cpu` (tinygemm convention: w = (q - 8) * scale + zero
+  per group of K; q in 0..15, so 2-, 3- and 4-bit weights all use it). Fast for a few rows
+  (decode), slow for many (prefill) on this CPU class — measured in bench/kernels.py.
+- dense: dequantize a block of output rows into the activation dtype and use a dense matmul.
+
+Our content w = s * (q - z) maps onto the kernel exactly: w = s * (q - 8) + s * (8 - z).
+Act-order (non-contiguous g_idx) is handled by permuting input columns so groups are contiguous.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts
+BLOCK_N = 64  # rows per block of the CPU int4 packed layout in AVX512 builds
+DENSE_BLOCK_ELEMS = 1 << 21  # weights dequantized at a time by the dense path
+
+
+def contiguous_order(g_idx: Tensor) -> Tensor | None:
+    """The input-column permutation that makes groups contiguous, or None if they already are."""
+    if bool(torch.all(g_idx[1:] >= g_idx[:-1])):
+        return None
+    return torch.argsort(g_idx.long(), stable=True)
+
+
+def uniform_group(g_idx: Tensor) -> int | None:
+    """The group size when groups are contiguous and equal (after any permutation), else None."""
+    counts = torch.bincount(g_idx.long())
+    if bool(torch.any(counts == 0)) or not bool(torch.all(counts == counts[0])):
+        return None
+    gs = int(counts[0])
+    expected = torch.arange(g_idx.numel()) // gs
+    return gs if torch.equal(g_idx.long(), expected) else None
+
+
+def kernel_group(in_features: int, group: int | None) -> int | None:
+    """A kernel group size dividing the quantization group (its scale then repeats), or None."""
+    if group is None:
+        return None
+    for g in KERNEL_GROUPS:
+        if group % g == 0 and in_features % g == 0:
+            return g
+    return None
+
+
+@dataclass(frozen=True)
+class Int4Packed:
+    packed: Tensor  # uint8 [N, K / 2], torch's CPU int4 layout
+    scale_zero: Tensor  # [K / group, N, 2] bf16: (scale, zero) per kernel group, tinygemm convention
+    group: int
+
+
+def q_shift(bits: int) -> int:
+    """Offset added to b-bit integers before int4 packing so zero points sit near 8: the kernel's
+    bf16 zero term s * (8 - z) then stays small instead of cancelling against (q - 8) * s."""
+    return 8 - (1 << (bits - 1))
+
+
+def pack_int4(q: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor, bits: int) -> Int4Packed | None:
+    """Pack [N, K] b-bit integers (b <= 4, groups contiguous) for the CPU int4 kernel, stored as
+    q + q_shift(b); None where the kernel cannot take them."""
+    n, k = q.shape
+    group = kernel_group(k, uniform_group(g_idx))
+    if group is None or bits > 4 or k % 2:
+        return None
+    shift = q_shift(bits)
+    try:
+        packed = torch._convert_weight_to_int4pack_for_cpu((q.to(torch.int32) + shift).contiguous(), 1)
+    except RuntimeError:
+        return None
+    groups = g_idx.long()[::group]  # quantization group of each kernel group
+    s = scales.float()[groups]  # [K / group, N]
+    z = s * (8.0 - (zeros.float()[groups] + shift))
+    return Int4Packed(packed, torch.stack([s, z], -1).to(torch.bfloat16).contiguous(), group)
+
+
+def int4_matmul(x: Tensor, p: Int4Packed) -> Tensor:
+    """x [M, K] @ Wᵀ through the int4 kernel. Activations go in as bf16 (the kernel's fp32
+    variant is a slow reference loop on CPU); the result comes back in x's dtype."""
+    xb = x.to(torch.bfloat16).contiguous()
+    return torch._weight_int4pack_mm_for_cpu(xb, p.packed, p.group, p.scale_zero).to(x.dtype)
+
+
+def unpack_int4_layout(packed: Tensor, n: int, k: int) -> Tensor | None:
+    """The [N, K] integers back from torch's AVX512 CPU int4 layout (blocks of 64 rows: for each
+    k, 32 bytes whose low nibbles hold rows 0-31 and high nibbles rows 32-63; see
+    aten/src/ATen/native/cpu/int4mm_kernel.cpp, weight_to_int4pack_kernel). None when the shape
+    is not whole blocks. The layout depends on the CPU capability torch dispatched to, so
+    callers verify it against known integers before relying on it."""
+    if n % BLOCK_N or packed.numel() * 2 != n * k:
+        return None
+    p = packed.reshape(n // BLOCK_N, k, 32)
+    return torch.cat([p & 0xF, p >> 4], -1).permute(0, 2, 1).reshape(n, k)
+
+
+def int4_dense_matmul(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group: int,
+                      block_elems: int = DENSE_BLOCK_ELEMS) -> Tensor:
+    """x [M, K] @ Wᵀ by dequantizing column blocks of Wᵀ straight from the int4 layout.
+
+    Block b of that layout holds Wᵀ[:, 64b:64b+64] as [K, 32] bytes (low nibbles: rows 0-31,
+    high: 32-63), so a [K, 64·B] slice of Wᵀ is two nibble copies into a float buffer and one
+    multiply-add by the group's scale and -scale·zero (exact fp32 math), then a plain matmul
+    in x's dtype (AMX for bf16). Needs equal contiguous groups of size `group`.
+    """
+    m, k = x.shape
+    n = scales.shape[1]
+    nb, g = n // BLOCK_N, k // group
+    blocks = packed.reshape(nb, k, 32).permute(1, 0, 2)  # [K, NB, 32]
+    s = scales.float().unsqueeze(1)  # [G, 1, N]
+    o = -s * zeros.float().unsqueeze(1)
+    per = max(1, block_elems // (k * BLOCK_N))
+    out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    for b0 in range(0, nb, per):
+        b1 = min(nb, b0 + per)
+        c0, c1 = b0 * BLOCK_N, b1 * BLOCK_N
+        w = torch.empty(k, b1 - b0, BLOCK_N, dtype=torch.float32, device=x.device)
+        w[..., :32] = blocks[:, b0:b1] & 0xF
+        w[..., 32:] = blocks[:, b0:b1] >> 4
+        wg = w.view(g, group, c1 - c0)
+        wg.mul_(s[..., c0:c1]).add_(o[..., c0:c1])
+        out[:, c0:c1] = x @ w.view(k, c1 - c0).to(x.dtype)
+    return out
+
+
+def pack_nibbles(q: Tensor) -> Tensor:
+    """[N, K] integers < 16 (K even) as [N, K/2] bytes, low nibble first (our own simple layout)."""
+    q8 = q.to(torch.uint8)
+    return (q8[:, 0::2] | (q8[:, 1::2] << 4)).contiguous()
+
+
+def unpack_nibbles(b: Tensor) -> Tensor:
+    return torch.stack([b & 0xF, b >> 4], -1).reshape(b.shape[0], b.shape[1] * 2)
+
+
+def dequant_rows(q_rows: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor, dtype: torch.dtype) -> Tensor:
+    """[R, K] weights for R output rows: scales/zeros are [n_groups, R] slices; math in fp32."""
+    g = g_idx.long()
+    return (scales.float()[g].t() * (q_rows.float() - zeros.float()[g].t())).to(dtype)
+
+
+def rows_dense_matmul(x: Tensor, rows: Tensor, nibbles: bool, scales: Tensor, zeros: Tensor, g_idx: Tensor,
+                      block_elems: int = DENSE_BLOCK_ELEMS) -> Tensor:
+    """x [M, K] @ Wᵀ from integer rows (uint8, or nibbles), a block of output rows at a time."""
+    n = rows.shape[0]
+    k = x.shape[-1]
+    step = max(1, block_elems // k)
+    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    for s in range(0, n, step):
+        e = min(n, s + step)
+        q = unpack_nibbles(rows[s:e]) if nibbles else rows[s:e]
+        out[:, s:e] = x @ dequant_rows(q, scales[:, s:e], zeros[:, s:e], g_idx, x.dtype).t()
+    return out

@@ -1,0 +1,125 @@
+"""Each kernel path of QuantLinear against the dequantized reference (x @ Ŵᵀ in float64)."""
+
+import pytest
+import torch
+
+from llmquant.formats import qlinear
+from llmquant.formats.intweight import IntWeight
+from llmquant.formats.kernels import pack_nibbles, unpack_int4_layout, unpack_nibbles
+from llmquant.formats.qlinear import QuantLinear
+from llmquant.quantize.grid import group_index, quantize_rtn
+
+
+def make_weight(out_f, in_f, bits, gs, sym=False, act_order=False, seed=0):
+    torch.manual_seed(seed)
+    w = torch.randn(out_f, in_f)
+    q, s, z = quantize_rtn(w, bits, gs, sym)
+    g_idx = group_index(in_f, gs)
+    if act_order:  # a permuted assignment of columns to groups, as act-order produces
+        perm = torch.randperm(in_f)
+        q, g_idx = q[:, perm], g_idx[perm]
+    return IntWeight(q, s, z, g_idx, bits)
+
+
+def reference(x, iw, bias=None):
+    y = x.double() @ iw.dequantize().double().t()
+    return y + bias.double() if bias is not None else y
+
+
+CASES = [
+    # out, in, bits, group, act_order
+    (128, 192, 4, 64, False),
+    (64, 128, 4, -1, False),  # one group per row: kernel groups of 128 repeat its scale
+    (128, 96, 3, 96, False),  # group 96 -> kernel group 32
+    (64, 128, 2, 32, True),
+    (192, 64, 4, 32, True),
+]
+
+
+def rel_err(y, ref):
+    return float((y.double() - ref).norm() / ref.norm())
+
+
+@pytest.mark.parametrize("out_f,in_f,bits,gs,act", CASES)
+def test_dense_path_is_exact_in_fp32(out_f, in_f, bits, gs, act):
+    iw = make_weight(out_f, in_f, bits, gs, act_order=act)
+    bias = torch.randn(out_f)
+    m = QuantLinear(iw, bias)
+    assert m.packed is not None and m.layout == "int4pack" and m.rows is None  # one copy of the integers
+    rows = qlinear.INT4_KERNEL_MAX_ROWS + 1
+    x = torch.randn(rows, in_f)
+    assert m.path_for(rows, torch.float32, x.device) == "dense"
+    torch.testing.assert_close(m(x).double(), reference(x, iw, bias), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("out_f,in_f,bits,gs,act", CASES)
+def test_int4_kernel_path_within_bf16_tolerance(out_f, in_f, bits, gs, act):
+    iw = make_weight(out_f, in_f, bits, gs, act_order=act)
+    m = QuantLinear(iw, None)
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(1, 3, in_f).to(dtype)
+        assert m.path_for(3, dtype, x.device) == "int4"
+        y = m(x)
+        assert y.dtype == dtype and y.shape == (1, 3, out_f)
+        # bf16 activations and bf16 scale/zero in the kernel: relative error at bf16 level
+        assert rel_err(y[0], reference(x[0].float(), iw)) < 1e-2
+
+
+def test_bf16_dense_path():
+    iw = make_weight(128, 256, 4, 64)
+    m = QuantLinear(iw, None)
+    x = torch.randn(100, 256).bfloat16()
+    assert rel_err(m(x), reference(x.float(), iw)) < 1e-2
+
+
+def test_8bit_and_odd_shapes_use_dense_rows():
+    iw = make_weight(96, 64, 8, 32)
+    m = QuantLinear(iw, None)
+    assert m.packed is None and m.rows.dtype == torch.uint8 and m.rows.shape == (96, 64)
+    x = torch.randn(40, 64)
+    torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
+    iw4 = make_weight(96, 64, 4, 32)  # 96 rows: not whole 64-row blocks of the int4 layout
+    m4 = QuantLinear(iw4, None)
+    assert m4.layout == "nibbles" and m4.rows.shape == (96, 32) and m4.packed is not None
+    x = torch.randn(40, 64)
+    torch.testing.assert_close(m4(x).double(), reference(x, iw4), rtol=1e-5, atol=1e-4)
+    assert rel_err(m4(x[:2]), reference(x[:2], iw4)) < 1e-2  # decode through the kernel still
+
+
+def test_dense_blocks_cover_every_row():
+    from llmquant.formats import kernels
+
+    iw = make_weight(320, 128, 4, 64)
+    m = QuantLinear(iw, None)
+    x = torch.randn(16, 128)
+    for block_elems in (128 * 64, 128 * 128, 1 << 20):  # 5, 3 and 1 blocks of 64-row groups
+        y = kernels.int4_dense_matmul(x, m.packed, m.scales, m.zeros, 64, block_elems=block_elems)
+        torch.testing.assert_close(y.double(), reference(x, iw), rtol=1e-5, atol=1e-4)
+    rows = kernels.pack_nibbles(iw.q)
+    y = kernels.rows_dense_matmul(x, rows, True, iw.scales, iw.zeros, iw.g_idx, block_elems=128 * 100)
+    torch.testing.assert_close(y.double(), reference(x, iw), rtol=1e-5, atol=1e-4)
+
+
+def test_int_weight_round_trip():
+    for act in (False, True):
+        iw = make_weight(128, 128, 4, 32, act_order=act)
+        back = QuantLinear(iw).int_weight()
+        assert torch.equal(back.q, iw.q) and torch.equal(back.g_idx.long(), iw.g_idx.long())
+        assert torch.equal(back.dequantize(), iw.dequantize())
+
+
+def test_layout_helpers():
+    q = torch.randint(0, 16, (128, 64), dtype=torch.int32)
+    assert torch.equal(unpack_nibbles(pack_nibbles(q)).int(), q)
+    packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
+    assert torch.equal(unpack_int4_layout(packed, 128, 64).int(), q)
+    assert unpack_int4_layout(packed[:32], 96, 64) is None
+
+
+def test_resident_bytes_a_quarter_of_fp32():
+    from llmquant.eval.evaluate import resident_bytes
+
+    iw = make_weight(1536, 576, 4, 64)
+    m = QuantLinear(iw, None)
+    dense = 1536 * 576 * 4
+    assert resident_bytes(m) < dense * 0.16  # 0.5 B/weight + bf16 scale/zero + fp16 scales, uint8 zeros
