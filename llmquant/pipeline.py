@@ -17,7 +17,7 @@ from .data import calibration_crops, cached_tokens, check_eval_length, load_corp
 from .errors import UserError
 from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for, tokens_sha256
 from .eval.results import EvalResult
-from .loading import fingerprint, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
+from .loading import fingerprint, load_error, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
 from .preflight import preflight
 from .progress import NULL_PROGRESS, Progress
 from .quantize import METHODS, get_quantizer
@@ -64,10 +64,69 @@ def in_recipe(recipe: Recipe) -> Iterator[None]:
 
 
 def _evaluate(job: EvalJob, recipe: Recipe, rd: RunDir, label: str, progress: Progress) -> EvalResult:
+    import math
+
     with progress.task(f"evaluate {label}", total=None):
         if recipe.eval.isolate:
-            return evaluate_isolated(job, rd.logs / f"eval-{label}", progress)
-        return evaluate_checkpoint(job, progress)
+            result = evaluate_isolated(job, rd.logs / f"eval-{label}", progress)
+        else:
+            result = evaluate_checkpoint(job, progress)
+    if not math.isfinite(result.ppl):
+        raise UserError(f"{label}: perplexity is {result.ppl} (not finite): the checkpoint has NaN/Inf weights or "
+                        f"overflows in {job.dtype}; try model.dtype: float32")
+    return result
+
+
+def check_finite_weights(model_dir: Path, cache: Path, model_hash: str) -> None:
+    """NaN/Inf in weights would be quantized and evaluated into garbage: stop, naming the tensor.
+    Scans the safetensors files once per model (memory-mapped); the verdict is cached."""
+    import torch
+    from safetensors import safe_open
+
+    marker = cache / f"finite-{model_hash}.json"
+    if read_json(marker) == {"finite": True}:
+        return
+    for f in sorted(Path(model_dir).glob("*.safetensors")):
+        try:
+            with safe_open(str(f), framework="pt") as h:
+                for name in h.keys():
+                    t = h.get_tensor(name)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        raise UserError(f"{model_dir}: weight {name} contains NaN or Inf; fix the model before "
+                                        "quantizing it")
+        except UserError:
+            raise
+        except Exception as e:
+            err = load_error(f, e)
+            if err is None:
+                raise
+            raise err from None
+    atomic_write_json(marker, {"finite": True})
+
+
+@contextmanager
+def resource_errors(what: str, target: Path) -> Iterator[None]:
+    """Out of memory and disk full become one-line user errors (nothing half-written is kept:
+    the checkpoint is written in a temporary directory that atomic_dir removes)."""
+    import errno
+
+    import torch
+
+    try:
+        yield
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        raise UserError(f"{what}: out of memory while quantizing ({type(e).__name__}); use fewer "
+                        "calibration.n_samples or a shorter calibration.seqlen, or a machine with more memory") from None
+    except RuntimeError as e:
+        if "out of memory" in str(e).lower() or "can't allocate memory" in str(e).lower():
+            raise UserError(f"{what}: out of memory while quantizing; use fewer calibration.n_samples or a "
+                            "shorter calibration.seqlen") from None
+        raise
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{what}: disk full while writing {target} (nothing was kept); free space and rerun: "
+                            "finished steps are reused") from None
+        raise
 
 
 def report_check(label: str, result: EvalResult, progress: Progress) -> None:
@@ -112,6 +171,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         base_dir = materialize_base(src, rd.base_model)
         model_hash = fingerprint(src)
         tokenizer = load_tokenizer(base_dir, recipe.model.trust_remote_code)
+        check_finite_weights(base_dir, rd.cache, model_hash)
 
     ev = recipe.eval
     with progress.task("eval data", total=None):
@@ -176,8 +236,9 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
                     load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
                 ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
                                       work_dir=rd.variant(v.name) / "work", model_dir=base_dir)
-                with atomic_dir(ckpt) as tmp:
-                    summary = quantizer.quantize(model, v, calib, tmp, ctx)
+                with resource_errors(f"variants[{recipe.variants.index(v)}] ({v.name})", ckpt):
+                    with atomic_dir(ckpt) as tmp:
+                        summary = quantizer.quantize(model, v, calib, tmp, ctx)
                 del model
                 gc.collect()
             manifest = {"key": key, "method": v.method, "summary": summary, "llmquant": __version__}

@@ -1,0 +1,82 @@
+"""Packed-weight inference on the CPU: first-token latency, decode speed and resident weights of a
+4-bit checkpoint vs the fp32 baseline, in the same run.
+
+    python bench/decode.py [--checkpoint DIR] [--out bench/results/decode.md]
+
+Without --checkpoint, makes an RTN W4 g64 GPTQ-format checkpoint of SmolLM2 (the kernels do
+not depend on how the integers were chosen; pass a GPTQ checkpoint to measure that one).
+Goal (issue 9): decode tokens/s >= 1.5x fp32's, TTFT no worse, resident weights <= 1/3 of fp32's.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+from common import ROOT, eval_text, header, smollm2_dir
+
+
+def make_w4(model_dir: Path, out: Path) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from llmquant.quantize.base import QuantizeContext
+    from llmquant.quantize.rtn import RTNQuantizer
+    from llmquant.recipe import RTNVariant
+    from llmquant.runs import atomic_dir
+
+    if (out / "config.json").exists():
+        return out
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with atomic_dir(out) as tmp:
+        RTNQuantizer().quantize(model, RTNVariant(name="w4", method="rtn", bits=4, group_size=64), None, tmp,
+                                QuantizeContext(tokenizer=AutoTokenizer.from_pretrained(model_dir)))
+    return out
+
+
+def main() -> None:
+    from llmquant.eval.evaluate import cast_model, resident_bytes
+    from llmquant.eval.latency import measure_latency, prompts_from_stream
+    from llmquant.formats.load import load_checkpoint
+    from llmquant.loading import DTYPES, set_threads
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--decode-tokens", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--work", default=str(ROOT / "runs" / "bench"))
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    set_threads()
+    work = Path(args.work)
+    base = smollm2_dir(work)
+    w4 = Path(args.checkpoint) if args.checkpoint else make_w4(base, work / "smollm2-rtn-w4-g64")
+    _, text = eval_text()
+    results = []
+    for label, path, dtype in (("fp32 baseline", base, "float32"), ("W4 g64, fp32 model", w4, "float32"),
+                               ("bf16 baseline", base, "bfloat16"), ("W4 g64, bf16 model", w4, "bfloat16")):
+        model, tok, _ = load_checkpoint(path, "float32", "cpu")
+        cast_model(model, DTYPES[dtype])
+        ids = tok(text[:200000], return_tensors="pt").input_ids
+        prompts = prompts_from_stream(ids, args.repeats, args.prompt_tokens)
+        lat = measure_latency(model, prompts, args.decode_tokens, warmup=1)
+        results.append((label, lat, resident_bytes(model)))
+        del model
+    base_lat, base_mem = results[0][1], results[0][2]
+    lines = header("Packed-weight inference on the CPU (SmolLM2-135M)", "python bench/decode.py")
+    lines += [f"Checkpoint: {w4}. Prompt {args.prompt_tokens} tokens, {args.decode_tokens} decoded, "
+              f"median of {args.repeats} runs after 1 warm-up, batch 1.", "",
+              "| model | TTFT ms (median) | TTFT p90 | decode tok/s | vs fp32 | resident weights MB | vs fp32 |",
+              "|---|---|---|---|---|---|---|"]
+    for label, lat, mem in results:
+        lines.append(f"| {label} | {lat.ttft_ms_median:.1f} | {lat.ttft_ms_p90:.1f} | {lat.decode_tok_s:.1f} | "
+                     f"{lat.decode_tok_s / base_lat.decode_tok_s:.2f}x | {mem / 1e6:.0f} | {mem / base_mem:.2f} |")
+    text_out = "\n".join(lines) + "\n"
+    print(text_out)
+    if args.out:
+        Path(args.out).write_text(text_out)
+
+
+if __name__ == "__main__":
+    main()
