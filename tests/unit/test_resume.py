@@ -1,0 +1,98 @@
+"""A run killed with SIGKILL resumes with the same command: finished steps are skipped and the
+final outputs are identical to an uninterrupted run."""
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def recipe(tmp_path, model, name):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"""
+name: {name}
+model: {{source: {model}, dtype: float32, device: cpu}}
+eval:
+  dataset: {{source: "builtin:pydoc", split: test}}
+  seqlen: 128
+  max_windows: 60
+  isolate: false
+  latency: {{enabled: false}}
+variants:
+  - {{name: w8, method: rtn, bits: 8, group_size: 32}}
+  - {{name: w4, method: rtn, bits: 4, group_size: 32}}
+output: {{dir: {tmp_path / name}, board: {tmp_path / 'board.sqlite'}}}
+""")
+    return p
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_sigkill_during_evaluation_then_resume(tmp_path, tiny_model_dir):
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    killed = recipe(tmp_path, tiny_model_dir, "killed")
+    run_dir = tmp_path / "killed"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "llmquant.cli", "run", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = run_dir / "variants" / "w4" / "manifest.json"  # w4 quantized: its evaluation comes next
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists(), "the run ended before it could be killed during evaluation"
+    assert not (run_dir / "variants" / "w4" / "result.json").exists(), "evaluation finished before the kill"
+    assert (run_dir / "variants" / "w8" / "result.json").exists()
+    assert not (run_dir / "results.json").exists()
+
+    resumed = run(load_recipe(killed))
+    by = {o.name: o for o in resumed.variants}
+    assert resumed.baseline_reused
+    assert not by["w8"].quantized_now and not by["w8"].evaluated_now  # finished steps skipped
+    assert not by["w4"].quantized_now and by["w4"].evaluated_now  # only the killed step redone
+
+    clean = run(load_recipe(recipe(tmp_path, tiny_model_dir, "clean")))
+    for o, c in zip(resumed.variants, clean.variants):
+        assert sha(o.checkpoint / "model.safetensors") == sha(c.checkpoint / "model.safetensors")
+        assert o.result.ppl == c.result.ppl
+    assert resumed.baseline.ppl == clean.baseline.ppl
+    assert json.loads((run_dir / "results.json").read_text())["winner"] == \
+        json.loads((tmp_path / "clean" / "results.json").read_text())["winner"]
+
+
+def test_fresh_redoes_everything(tmp_path, tiny_model_dir):
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    r = load_recipe(recipe(tmp_path, tiny_model_dir, "f"))
+    run(r)
+    again = run(r, fresh=True)
+    assert not again.baseline_reused
+    assert all(o.quantized_now and o.evaluated_now for o in again.variants)
+
+
+def test_torn_result_file_is_redone(tmp_path, tiny_model_dir):
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    r = load_recipe(recipe(tmp_path, tiny_model_dir, "t"))
+    first = run(r)
+    result = tmp_path / "t" / "variants" / "w4" / "result.json"
+    result.write_text(result.read_text()[:40])  # as if cut off by a crash
+    again = run(r)
+    by = {o.name: o for o in again.variants}
+    assert by["w4"].evaluated_now and not by["w8"].evaluated_now
+    assert by["w4"].result.ppl == {o.name: o for o in first.variants}["w4"].result.ppl
