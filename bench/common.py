@@ -53,3 +53,11 @@ def header(title: str, command: str) -> list[str]:
     rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     return [f"# {title}", "", f"- date: {date.today()}", f"- machine: {machine()}", f"- llmquant commit: {rev}",
             f"- command: `{command}`", ""]
+
+
+def emit(lines: list[str], out: str | None) -> None:
+    """Print a report and, when asked, write it (the recorded result)."""
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if out:
+        Path(out).write_text(text)

@@ -14,7 +14,7 @@ import argparse
 from pathlib import Path
 
 import torch
-from common import ROOT, eval_text, header, smollm2_dir
+from common import ROOT, emit, eval_text, header, smollm2_dir
 
 
 def make_w4(model_dir: Path, out: Path) -> Path:
@@ -72,10 +72,7 @@ def main() -> None:
     for label, lat, mem in results:
         lines.append(f"| {label} | {lat.ttft_ms_median:.1f} | {lat.ttft_ms_p90:.1f} | {lat.decode_tok_s:.1f} | "
                      f"{lat.decode_tok_s / base_lat.decode_tok_s:.2f}x | {mem / 1e6:.0f} | {mem / base_mem:.2f} |")
-    text_out = "\n".join(lines) + "\n"
-    print(text_out)
-    if args.out:
-        Path(args.out).write_text(text_out)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import ROOT, eval_text, header, smollm2_dir
+from common import ROOT, emit, eval_text, header, smollm2_dir
 from safetensors.torch import save_file
 
 
@@ -72,10 +72,7 @@ def main() -> None:
             lines += ["", f"{name}: float32 check on the first {check['windows']} windows: "
                           f"{check['ppl_float32']:.4f} vs {check[[k for k in check if k.startswith('ppl_') and k != 'ppl_float32'][0]]:.4f} "
                           f"({check['diff_pct']:+.3f} %, tolerance {check['tolerance_pct']} %)"]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -11,16 +11,13 @@ Timings are medians of repeated calls, interleaved, in one process.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
-import sys
 import time
-from datetime import date
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import emit, header  # noqa: E402  (puts the project on sys.path)
+
 from llmquant.formats import kernels  # noqa: E402
 from llmquant.formats.intweight import IntWeight  # noqa: E402
 from llmquant.formats.qlinear import QuantLinear  # noqa: E402
@@ -49,9 +46,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    lines = [f"# int4 kernel vs dense path — {date.today()} — {platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}", "",
-             "Microseconds per call (median). `int4` = _weight_int4pack_mm_for_cpu, `dense` = QuantLinear's "
+    lines = header("int4 kernel vs dense path (SmolLM2 Linear shapes, W4 g64)", "python bench/kernels.py")
+    lines += [f"{torch.get_num_threads()} threads. Microseconds per call (median). `int4` = _weight_int4pack_mm_for_cpu, `dense` = QuantLinear's "
              "dequantize-block + matmul, `fp` = plain matmul with a float weight of the same dtype.", ""]
     crossover = {}
     for dtype in (torch.float32, torch.bfloat16):
@@ -61,13 +57,14 @@ def main() -> None:
             w = torch.randn(n, k)
             q, s, z = quantize_rtn(w, 4, 64, sym=True)
             iw = IntWeight(q, s, z, group_index(k, 64), 4)
-            m = QuantLinear(iw, None, dtype)
+            m = QuantLinear(iw, None)
             p = kernels.Int4Packed(m.packed, m.scale_zero, m.kernel_group)
+            zeros = m.zeros.float() + m.q_shift
             wf = iw.dequantize().to(dtype)
             for rows in ROWS:
                 x = torch.randn(rows, k, dtype=dtype)
                 t_int4 = timeit(lambda: kernels.int4_matmul(x, p), args.reps)
-                t_dense = timeit(lambda: kernels.int4_dense_matmul(x, p, n), args.reps)
+                t_dense = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, zeros, 64), args.reps)
                 t_fp = timeit(lambda: x @ wf.t(), args.reps)
                 lines.append(f"| {name} | {rows} | {t_int4:.0f} | {t_dense:.0f} | {t_fp:.0f} |")
                 if t_dense < t_int4:
@@ -76,10 +73,7 @@ def main() -> None:
     lines += ["## crossover (smallest M where dense beats int4)", ""]
     for (dtype, name), rows in crossover.items():
         lines.append(f"- {str(dtype).removeprefix('torch.')} {name}: M = {rows}")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(lines, args.out)
 
 
 if __name__ == "__main__":
