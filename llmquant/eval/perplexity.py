@@ -29,6 +29,8 @@ class PerplexityResult:
     nll_sum: float
     tokens_scored: int
     windows: int
+    documents: int | None = None  # lm-eval-word: documents scored
+    words: int | None = None  # lm-eval-word: the denominator of word perplexity
 
 
 def window_count(n_tokens: int, seqlen: int, max_windows: int | None) -> int:
@@ -55,13 +57,22 @@ def chunked_nll(hidden: Tensor, targets: Tensor, head: nn.Module, chunk: int = 2
 
 
 @torch.inference_mode()
-def window_nll(model: nn.Module, x: Tensor) -> float:
-    """Sum of NLL of tokens 1.. of each row of x [B, L], each row scored from its own start."""
+def nll_at(model: nn.Module, x: Tensor, start: int, targets: Tensor) -> float:
+    """Sum of -log p(targets[:, j] | x[:, :start + j + 1]) over j: the model reads x [B, L] and the
+    logits at positions start .. start + T - 1 are scored against targets [B, T].
+
+    Every protocol (paper, llama.cpp, lm-eval rolling windows) is this with other slices."""
+    n = targets.shape[1]
     if _plain_head(model):
         hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state
-        return chunked_nll(hidden[:, :-1], x[:, 1:], model.get_output_embeddings())
-    logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
-    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"))
+        return chunked_nll(hidden[:, start:start + n], targets, model.get_output_embeddings())
+    logits = model(input_ids=x, use_cache=False).logits[:, start:start + n].float()
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+
+
+def window_nll(model: nn.Module, x: Tensor) -> float:
+    """Sum of NLL of tokens 1.. of each row of x [B, L], each row scored from its own start."""
+    return nll_at(model, x, 0, x[:, 1:])
 
 
 def perplexity(model: nn.Module, ids: Tensor, seqlen: int, max_windows: int | None = None,
