@@ -147,8 +147,10 @@ def eval_cmd(
     dataset: str = typer.Option("builtin:pydoc", help="Corpus: a file, builtin:pydoc, or a hub name (wikitext2)."),
     split: Optional[str] = typer.Option("test", help="Split for builtin/hub corpora."),
     field: str = typer.Option("text", help="Field (jsonl) or column (parquet) holding the text."),
-    seqlen: int = typer.Option(2048, help="Window length in tokens."),
-    max_windows: Optional[int] = typer.Option(None, help="Only the first N windows (quick protocol)."),
+    seqlen: Optional[int] = typer.Option(None, help="Window length in tokens (default 2048; 512 for llama-cpp)."),
+    max_windows: Optional[int] = typer.Option(None, help="Only the first N windows (quick protocol); "
+                                                         "lm-eval-word: the first N documents."),
+    protocol: str = typer.Option("gptq-paper", help="gptq-paper | lm-eval-word | llama-cpp (never ranked together)."),
     dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
     latency: bool = typer.Option(True, help="Also measure first-token latency and decode speed."),
@@ -167,11 +169,19 @@ def eval_cmd(
         raise UserError(f"--dtype: {dtype!r} is not allowed; use float32, bfloat16 or float16")
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device: {device!r} is not allowed; use auto, cpu or cuda")
+    from .eval.protocols import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: {protocol!r} is not allowed; use {', '.join(PROTOCOLS)}")
+    if seqlen is not None and seqlen < 8:
+        raise UserError(f"--seqlen: {seqlen} is too small; use at least 8")
+    seqlen = seqlen or PROTOCOLS[protocol].default_seqlen
     with RichProgress() as progress:
         result, info = evaluate_path(path, dataset, split, field, seqlen, max_windows, dtype, device, latency,
-                                     model, board, isolate, progress)
+                                     model, board, isolate, progress, protocol=protocol)
     lat = result.latency
-    out_console.print(f"{path}: format {info.format}, perplexity [bold]{result.ppl:.4f}[/] "
+    kind = "word perplexity" if result.protocol.name == "lm-eval-word" else "perplexity"
+    out_console.print(f"{path}: format {info.format}, {kind} [bold]{result.ppl:.4f}[/] "
                       f"({result.protocol.describe()}), size {result.size_bytes / 1e6:.1f} MB"
                       + (f", TTFT {lat.ttft_ms_median:.1f} ms, decode {lat.decode_tok_s:.1f} tok/s" if lat else ""),
                       highlight=False)

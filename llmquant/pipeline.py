@@ -15,7 +15,8 @@ from . import __version__
 from .board import Board, Row, render_markdown, result_row
 from .data import calibration_crops, cached_tokens, check_eval_length, load_corpus
 from .errors import UserError
-from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for, tokens_sha256
+from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for
+from .eval.protocols import eval_tensors, tensors_sha256
 from .eval.results import EvalResult
 from .loading import fingerprint, load_hf_model, load_tokenizer, materialize_base, pick_device
 from .preflight import preflight
@@ -108,15 +109,17 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
     with progress.task("eval data", total=None):
         corpus = load_corpus(ev.dataset, recipe.base_dir, "eval.dataset")
         ids = cached_tokens(rd.cache, {"model": model_hash, "corpus": corpus.sha256}, tokenizer, corpus.text)
-        check_eval_length(ids, ev.seqlen, corpus.label)
+        if ev.protocol == "gptq-paper":
+            check_eval_length(ids, ev.seqlen, corpus.label)
+        tensors = eval_tensors(ev.protocol, tokenizer, corpus.text, ids)
         tokens_path = rd.cache / "eval-tokens.safetensors"
-        if not tokens_path.exists() or read_json(rd.cache / "eval-tokens.json") != {"sha": tokens_sha256(ids)}:
+        if not tokens_path.exists() or read_json(rd.cache / "eval-tokens.json") != {"sha": tensors_sha256(tensors)}:
             from safetensors.torch import save
 
             from .runs import atomic_write_bytes
 
-            atomic_write_bytes(tokens_path, save({"input_ids": ids.contiguous()}))
-            atomic_write_json(rd.cache / "eval-tokens.json", {"sha": tokens_sha256(ids)})
+            atomic_write_bytes(tokens_path, save({k: v.contiguous() for k, v in tensors.items()}))
+            atomic_write_json(rd.cache / "eval-tokens.json", {"sha": tensors_sha256(tensors)})
     calib = build_calibration(recipe, rd, tokenizer, model_hash, progress)
 
     def job_for(checkpoint: Path) -> EvalJob:
@@ -125,12 +128,12 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             corpus_sha256=corpus.sha256, seqlen=ev.seqlen, max_windows=ev.max_windows,
             batch_size=ev.batch_size, dtype=recipe.model.dtype, device=device,
             latency=ev.latency.model_dump() if ev.latency.enabled else None,
-            trust_remote_code=recipe.model.trust_remote_code,
+            trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol,
         )
 
     # -- baseline, cached by (model, protocol) -----------------------------------------------
     base_job = job_for(base_dir)
-    pkey = protocol_for(base_job, ids, device).key
+    pkey = protocol_for(base_job, tensors, device).key
     eval_key = content_hash({"job": asdict(base_job) | {"checkpoint": model_hash}, "protocol": pkey})
     cached = read_json(rd.baseline_result())
     stored = None if fresh else board.find_baseline(model_hash, pkey)

@@ -157,6 +157,16 @@ def tensors_sha256(t: Tensors) -> str:
     return h.hexdigest()
 
 
+def eval_tensors(name: str, tokenizer, text: str, stream: Tensor) -> Tensors:
+    """The tensors a protocol scores, from the corpus text and its token stream; UserError when it cannot."""
+    from ..errors import UserError
+
+    try:
+        return get_protocol(name).prepare(tokenizer, text, stream)
+    except ValueError as e:
+        raise UserError(f"eval.protocol: {name}: {e}") from None
+
+
 def score(name: str, model: nn.Module, t: Tensors, seqlen: int, max_windows: int | None = None,
           batch_size: int = 1, device: str | torch.device = "cpu",
           progress: Progress = NULL_PROGRESS) -> PerplexityResult:
