@@ -194,10 +194,12 @@ def board_cmd(
     model: Optional[str] = typer.Option(None, help="Only this model."),
     run: Optional[str] = typer.Option(None, help="Only this run (recipe name)."),
     board: Optional[Path] = typer.Option(None, help="Leaderboard database."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Also write the leaderboard as one static HTML page "
+                                                             "(sortable tables, plots) to this file."),
 ) -> None:
     """Show the leaderboard across all runs, one table per model and protocol.
 
-    Example: `llmquant board --format md`
+    Example: `llmquant board --format md`, `llmquant board --html board.html`
     """
     from .board import Board, group_by_protocol, render_csv, render_json, render_markdown, table_cells
     from .console import out_console, rich_table
@@ -206,6 +208,15 @@ def board_cmd(
         raise UserError(f"--format: {format!r} is not allowed; use table, md, csv or json")
     b = Board(board)
     rows = b.rows(model=model, run=run)
+    if html is not None:
+        from .console import err_console
+        from .report import board_report, write_html
+
+        if html.is_dir():
+            raise UserError(f"--html: {html} is a directory; give a file name such as board.html")
+        write_html(html, board_report(rows))
+        err_console.print(f"wrote {html}", highlight=False)
+        return
     if format == "md":
         sys.stdout.write(render_markdown(rows) + "\n")
     elif format == "csv":

@@ -211,7 +211,7 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
     md = render_markdown([Row(r) for r in rows], title=f"{recipe.run_name} — leaderboard")
     md += f"\n**Winner**: {summary.decision.winner or 'none'} — {summary.decision.reason}\n"
     atomic_write_text(summary.run_dir / "leaderboard.md", md)
-    atomic_write_json(summary.run_dir / "results.json", {
+    results = {
         "recipe": str(recipe.path) if recipe.path else None,
         "model": summary.model,
         "baseline": summary.baseline.to_dict(),
@@ -220,4 +220,8 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
         "winner": {"name": summary.decision.winner, "reason": summary.decision.reason},
         "select": recipe.select.model_dump(),
         "llmquant": __version__,
-    })
+    }
+    atomic_write_json(summary.run_dir / "results.json", results)
+    from .report import run_report, write_html
+
+    write_html(summary.run_dir / "report.html", run_report(results, summary.run_dir, f"{recipe.run_name} — leaderboard", rows))
