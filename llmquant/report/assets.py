@@ -9,7 +9,7 @@ body { margin:0; background:var(--bg); color:var(--ink);
 header { padding: 28px 40px 18px; background: linear-gradient(90deg, #1d2330, #2b3a55); color: #fff; }
 header h1 { margin: 0 0 4px; font-size: 24px; font-weight: 650; letter-spacing: .2px; }
 header p { margin: 0; color: #c9d3e3; font-size: 13px; }
-main { max-width: 1240px; margin: 0 auto; padding: 22px 28px 40px; }
+main { max-width: 1240px; margin: 0 auto; padding: 22px 28px 4px; }
 nav.toc { margin: 0 0 14px; font-size: 13px; color: var(--muted); }
 nav.toc a { color: var(--accent); margin-right: 14px; text-decoration: none; }
 section.group { background: var(--card); border: 1px solid var(--line); border-radius: 10px;
@@ -45,7 +45,7 @@ td.worse { color: var(--bad); }
 td.better { color: var(--good); }
 td.na { color: #aab1bc; }
 p.hint { color: var(--muted); font-size: 12px; margin: 8px 0 0; }
-.plots { display: grid; grid-template-columns: repeat(auto-fit, minmax(460px, 1fr)); gap: 16px; margin-top: 18px; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(460px, 1fr)); gap: 16px; margin-top: 18px; }
 figure { margin: 0; background: #fff; border: 1px solid var(--line); border-radius: 8px; padding: 10px 12px 8px; }
 figure.wide { margin-top: 16px; }
 figure svg { width: 100%; height: auto; display: block; }

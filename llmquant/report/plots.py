@@ -18,7 +18,8 @@ RC = {
     "axes.spines.top": False, "axes.spines.right": False, "axes.edgecolor": "#888888",
     "axes.grid": True, "grid.color": "#e6e6e6", "grid.linewidth": 0.7, "axes.axisbelow": True,
     "xtick.color": "#444444", "ytick.color": "#444444", "axes.labelcolor": "#333333",
-    "legend.frameon": False, "legend.fontsize": 8,
+    "legend.frameon": False, "legend.fontsize": 8, "axes.formatter.useoffset": False,
+    "axes.formatter.limits": (-4, 7),
 }
 
 
@@ -61,10 +62,15 @@ def _rc():
     return matplotlib.rc_context(RC)
 
 
-def _ppl_axis(ax, values: list[float], word: bool) -> None:
-    ax.set_ylabel("word perplexity" if word else "perplexity")
+def _value_axis(ax, values: list[float]) -> None:
+    """Logarithmic when the values span more than 3x, else linear (no offset: plain numbers)."""
     if values and min(values) > 0 and max(values) / min(values) > 3:
         ax.set_yscale("log")
+
+
+def _ppl_axis(ax, values: list[float], word: bool) -> None:
+    ax.set_ylabel("word perplexity" if word else "perplexity")
+    _value_axis(ax, values)
 
 
 def _label_points(ax, xs, ys, labels) -> None:
@@ -172,7 +178,10 @@ def layer_error_profile(layers: dict[str, LayerReport]) -> str | None:
         for k, (label, blocks, means) in enumerate(series):
             ax.plot(blocks, means, marker="o", markersize=3, linewidth=1.6,
                     color=VARIANT_COLORS[k % len(VARIANT_COLORS)], label=label)
-        ax.set_yscale("log")
+        from matplotlib.ticker import MaxNLocator
+
+        _value_axis(ax, [m for _, _, means in series for m in means])
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("decoder block")
         ax.set_ylabel("mean ‖W − Ŵ‖ / ‖W‖")
         ax.set_title("Per-layer quantization error (mean over the block's linear layers)")
