@@ -34,6 +34,11 @@ def pareto_front(points: list[tuple[float, float]]) -> list[int]:
     return front
 
 
+def plain(text: object) -> str:
+    """Data shown as text in a plot: a '$' must not switch matplotlib into math mode."""
+    return str(text).replace("$", r"\$")
+
+
 def method_color(method: str | None) -> str:
     m = (method or "").lower()
     if m in METHOD_COLORS:
@@ -75,7 +80,7 @@ def _ppl_axis(ax, values: list[float], word: bool) -> None:
 
 def _label_points(ax, xs, ys, labels) -> None:
     for k, (x, y, text) in enumerate(zip(xs, ys, labels)):
-        ax.annotate(text, (x, y), xytext=(6, 5 if k % 2 == 0 else -11), textcoords="offset points",
+        ax.annotate(plain(text), (x, y), xytext=(6, 5 if k % 2 == 0 else -11), textcoords="offset points",
                     fontsize=7.5, color="#333333")
 
 
@@ -94,7 +99,7 @@ def _legend(ax, rows: list[dict], extra: list | None = None) -> None:
 
     methods = list(OrderedDict.fromkeys(r.get("method") or "?" for r in rows))
     handles = [Line2D([], [], marker="*" if m == "none" else "o", linestyle="", color=method_color(m),
-                      markersize=8 if m == "none" else 6, label="baseline" if m == "none" else m) for m in methods]
+                      markersize=8 if m == "none" else 6, label="baseline" if m == "none" else plain(m)) for m in methods]
     ax.legend(handles=handles + (extra or []), loc="best")
 
 
@@ -177,7 +182,7 @@ def layer_error_profile(layers: dict[str, LayerReport]) -> str | None:
         ax = fig.add_subplot()
         for k, (label, blocks, means) in enumerate(series):
             ax.plot(blocks, means, marker="o", markersize=3, linewidth=1.6,
-                    color=VARIANT_COLORS[k % len(VARIANT_COLORS)], label=label)
+                    color=VARIANT_COLORS[k % len(VARIANT_COLORS)], label=plain(label))
         from matplotlib.ticker import MaxNLocator
 
         _value_axis(ax, [m for _, _, means in series for m in means])
@@ -210,13 +215,13 @@ def layer_error_heatmaps(layers: dict[str, LayerReport]) -> str | None:
             lo, hi = float(np.nanmin(grid)), float(np.nanmax(grid))
             hi = hi if hi > lo else lo * 1.0001
             im = ax.imshow(grid, aspect="auto", cmap="magma_r", interpolation="nearest", norm=Normalize(lo, hi))
-            ax.set_yticks(range(len(kinds)), [_short(k, kinds) for k in kinds], fontsize=7)
+            ax.set_yticks(range(len(kinds)), [plain(_short(k, kinds)) for k in kinds], fontsize=7)
             step = max(1, len(blocks) // 15)
             ax.set_xticks(range(0, len(blocks), step), [str(blocks[i]) for i in range(0, len(blocks), step)],
                           fontsize=7)
             ax.grid(False)
             note = f"  ({outside} module(s) outside decoder blocks not shown)" if outside else ""
-            ax.set_title(f"{label}: {lo:.3g} – {hi:.3g}{note}", loc="left", fontsize=9)
+            ax.set_title(f"{plain(label)}: {lo:.3g} – {hi:.3g}{note}", loc="left", fontsize=9)
             cb = fig.colorbar(im, ax=ax, fraction=0.03, pad=0.01, ticks=np.linspace(lo, hi, 4))
             cb.ax.yaxis.set_major_formatter(FormatStrFormatter("%.3g"))
             cb.ax.tick_params(labelsize=7)

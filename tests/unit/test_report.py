@@ -89,6 +89,13 @@ def test_everything_interpolated_is_escaped(tmp_path):
     assert not re.search(r"<!--(?:(?!-->).)*<script", html, flags=re.S)
 
 
+def test_dollar_signs_in_names_are_plain_text():
+    # matplotlib reads "$...$" as math: "$\\frac$" would not even parse, "$x^2$" would be typeset
+    rows = [row("baseline", 10.0, 400, base=True), row("w$\\frac$", 12.0, 100, method="m$x^2$", ttft=5.0)]
+    html = render_report(Report("t", build_groups(rows, layers={"w$\\frac$": layers()})))
+    assert html.count("<svg") == 4 and "<!-- m$x^2$ -->" in html
+
+
 def test_no_network_assets():
     rows = [row("baseline", 10.0, 400, base=True, ttft=100.0), row("w4", 12.0, 100, ttft=90.0)]
     html = render_report(Report("t", build_groups(rows, layers={"w4": layers()})))
