@@ -194,8 +194,8 @@ def board_cmd(
     model: Optional[str] = typer.Option(None, help="Only this model."),
     run: Optional[str] = typer.Option(None, help="Only this run (recipe name)."),
     board: Optional[Path] = typer.Option(None, help="Leaderboard database."),
-    html: Optional[Path] = typer.Option(None, "--html", help="Also write the leaderboard as one static HTML page "
-                                                             "(sortable tables, plots) to this file."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the leaderboard to this file as one static "
+                                                             "HTML page (sortable tables, plots) instead."),
 ) -> None:
     """Show the leaderboard across all runs, one table per model and protocol.
 

@@ -224,4 +224,5 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
     atomic_write_json(summary.run_dir / "results.json", results)
     from .report import run_report, write_html
 
-    write_html(summary.run_dir / "report.html", run_report(results, summary.run_dir, f"{recipe.run_name} — leaderboard", rows))
+    title = f"{recipe.run_name} — leaderboard"
+    write_html(summary.run_dir / "report.html", run_report(results, summary.run_dir, title, rows))

@@ -153,7 +153,12 @@ def test_llamacpp_rules():
 
 
 def test_adds_bos_and_defaults(tiny):
+    from typing import get_args
+
+    from llmquant.recipe import ProtocolName
+
     _, tok = tiny
+    assert list(PROTOCOLS) == list(get_args(ProtocolName))  # the recipe offers exactly the table's protocols
     assert adds_bos(tok) == (tok("a").input_ids[0] == tok.bos_token_id)
     assert PROTOCOLS["llama-cpp"].default_seqlen == 512 and PROTOCOLS["gptq-paper"].default_seqlen == 2048
     with pytest.raises(ValueError, match="allowed: gptq-paper, lm-eval-word, llama-cpp"):
