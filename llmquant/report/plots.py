@@ -97,9 +97,13 @@ def _scatter(ax, rows: list[dict], x_key: str) -> None:
 def _legend(ax, rows: list[dict], extra: list | None = None) -> None:
     from matplotlib.lines import Line2D
 
-    methods = list(OrderedDict.fromkeys(r.get("method") or "?" for r in rows))
-    handles = [Line2D([], [], marker="*" if m == "none" else "o", linestyle="", color=method_color(m),
-                      markersize=8 if m == "none" else 6, label="baseline" if m == "none" else plain(m)) for m in methods]
+    handles = []
+    if any(r.get("is_baseline") for r in rows):
+        handles.append(Line2D([], [], marker="*", linestyle="", color=method_color("none"), markersize=8,
+                              label="baseline"))
+    for m in OrderedDict.fromkeys(r.get("method") or "?" for r in rows if not r.get("is_baseline")):
+        handles.append(Line2D([], [], marker="o", linestyle="", color=method_color(m), markersize=6,
+                              label="unquantized" if m == "none" else plain(m)))
     ax.legend(handles=handles + (extra or []), loc="best")
 
 
