@@ -157,3 +157,17 @@ def test_llamacpp_too_short_corpus_is_one_line(tmp_path, tiny_model_dir):
     with pytest.raises(UserError, match=r"fewer than the 2 x 256 llama.cpp's perplexity needs"):
         run(r)
     assert Board(tmp_path / "b.sqlite").rows() == []
+
+
+def test_paper_protocol_key_is_unchanged_by_the_new_fields():
+    from dataclasses import asdict
+
+    from llmquant.eval.results import Protocol
+    from llmquant.runs import content_hash
+
+    p = Protocol(name="gptq-paper", corpus="c", corpus_sha256="a", tokens_sha256="b", seqlen=512, windows=64,
+                 tokens_scored=64 * 511, dtype="float32", device="cpu", latency="none")
+    old_fields = {k: v for k, v in asdict(p).items() if k not in ("corpus", "documents", "words")}
+    assert p.key == content_hash(old_fields)  # results and baselines stored before keep matching
+    w = Protocol(**{**asdict(p), "name": "lm-eval-word", "documents": 3, "words": 900})
+    assert w.key != p.key and Protocol(**{**asdict(w), "words": 901}).key != w.key
