@@ -32,7 +32,7 @@ def plain_loop(model_dir: Path, ids: torch.Tensor, seqlen: int, windows: int) ->
             x = ids[:, w * seqlen:(w + 1) * seqlen]
             nll += float(model(x, labels=x).loss) * (seqlen - 1)
     secs = time.perf_counter() - t
-    return math.exp(nll / (windows * (seqlen - 1))), windows * seqlen / secs
+    return math.exp(nll / (windows * (seqlen - 1))), windows * (seqlen - 1) / secs
 
 
 def main() -> None:
@@ -60,11 +60,11 @@ def main() -> None:
         job = EvalJob(checkpoint=str(model_dir), tokens_path=str(tokens), corpus=label, corpus_sha256="-",
                       seqlen=args.seqlen, max_windows=args.windows, dtype=dtype, device="cpu", check_windows=2)
         r = evaluate_checkpoint(job)
-        rows.append((f"llmquant, {dtype}", r.ppl, r.seconds["tokens_per_s"], r.check))
+        rows.append((f"llmquant, {dtype}", r.ppl, r.seconds["scored_tokens_per_s"], r.check))
     lines = header("Perplexity evaluation throughput (SmolLM2-135M)",
                    f"python bench/eval_speed.py --windows {args.windows} --seqlen {args.seqlen}")
     lines += [f"Corpus: {label}, first {args.windows} windows of {args.seqlen} tokens.", "",
-              "| evaluation | ppl | Δ vs plain | tokens/s | speed-up |", "|---|---|---|---|---|"]
+              "| evaluation | ppl | Δ vs plain | scored tokens/s | speed-up |", "|---|---|---|---|---|"]
     for name, ppl, tps, _ in rows:
         lines.append(f"| {name} | {ppl:.4f} | {(ppl / ppl_plain - 1) * 100:+.3f} % | {tps:.0f} | {tps / tps_plain:.2f}x |")
     for name, _, _, check in rows:

@@ -179,10 +179,19 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
     return headers, [[_fmt(k, r) for k, _ in DISPLAY] for r in rows]
 
 
+def protocol_name(row: dict) -> str:
+    """The protocol's name ("gptq-paper", "lm-eval-word", "llama-cpp"): the head of its description."""
+    return str(row.get("protocol") or "?").split(":", 1)[0]
+
+
 def render_markdown(rows: list[Row], title: str | None = None) -> str:
     out = [f"# {title}", ""] if title else []
-    for (model, _), group in group_by_protocol(rows).items():
-        out.append(f"## {model}")
+    groups = group_by_protocol(rows)
+    if len(groups) > 1:
+        out += ["One table per model and protocol: results measured under different protocols are never "
+                "ranked together.", ""]
+    for (model, _), group in groups.items():
+        out.append(f"## {model} · protocol {protocol_name(group[0])}")
         out.append("")
         out.append(f"Protocol: {group[0]['protocol']}")
         out.append("")

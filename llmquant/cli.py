@@ -147,8 +147,10 @@ def eval_cmd(
     dataset: str = typer.Option("builtin:pydoc", help="Corpus: a file, builtin:pydoc, or a hub name (wikitext2)."),
     split: Optional[str] = typer.Option("test", help="Split for builtin/hub corpora."),
     field: str = typer.Option("text", help="Field (jsonl) or column (parquet) holding the text."),
-    seqlen: int = typer.Option(2048, help="Window length in tokens."),
-    max_windows: Optional[int] = typer.Option(None, help="Only the first N windows (quick protocol)."),
+    seqlen: Optional[int] = typer.Option(None, help="Window length in tokens (default 2048; 512 for llama-cpp)."),
+    max_windows: Optional[int] = typer.Option(None, help="Only the first N windows (quick protocol); "
+                                                         "lm-eval-word: the first N documents."),
+    protocol: str = typer.Option("gptq-paper", help="gptq-paper | lm-eval-word | llama-cpp (never ranked together)."),
     dtype: str = typer.Option("auto", help="auto | float32 | bfloat16 | float16 (auto: bf16 on CPUs that have it, "
                                            "checked against float32 on 2 windows; fp16 on CUDA)"),
     device: str = typer.Option("auto", help="auto | cpu | cuda"),
@@ -168,11 +170,19 @@ def eval_cmd(
         raise UserError(f"--dtype: {dtype!r} is not allowed; use auto, float32, bfloat16 or float16")
     if device not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device: {device!r} is not allowed; use auto, cpu or cuda")
+    from .eval.protocols import PROTOCOLS
+
+    if protocol not in PROTOCOLS:
+        raise UserError(f"--protocol: {protocol!r} is not allowed; use {', '.join(PROTOCOLS)}")
+    if seqlen is not None and seqlen < 8:
+        raise UserError(f"--seqlen: {seqlen} is too small; use at least 8")
+    seqlen = seqlen or PROTOCOLS[protocol].default_seqlen
     with RichProgress() as progress:
         result, info = evaluate_path(path, dataset, split, field, seqlen, max_windows, dtype, device, latency,
-                                     model, board, isolate, progress)
+                                     model, board, isolate, progress, protocol=protocol)
     lat = result.latency
-    out_console.print(f"{path}: format {info.format}, perplexity [bold]{result.ppl:.4f}[/] "
+    kind = "word perplexity" if result.protocol.name == "lm-eval-word" else "perplexity"
+    out_console.print(f"{path}: format {info.format}, {kind} [bold]{result.ppl:.4f}[/] "
                       f"({result.protocol.describe()}), size {result.size_bytes / 1e6:.1f} MB"
                       + (f", TTFT {lat.ttft_ms_median:.1f} ms, decode {lat.decode_tok_s:.1f} tok/s" if lat else ""),
                       highlight=False)
@@ -185,10 +195,12 @@ def board_cmd(
     model: Optional[str] = typer.Option(None, help="Only this model."),
     run: Optional[str] = typer.Option(None, help="Only this run (recipe name)."),
     board: Optional[Path] = typer.Option(None, help="Leaderboard database."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Write the leaderboard to this file as one static "
+                                                             "HTML page (sortable tables, plots) instead."),
 ) -> None:
     """Show the leaderboard across all runs, one table per model and protocol.
 
-    Example: `llmquant board --format md`
+    Example: `llmquant board --format md`, `llmquant board --html board.html`
     """
     from .board import Board, group_by_protocol, render_csv, render_json, render_markdown, table_cells
     from .console import out_console, rich_table
@@ -197,6 +209,15 @@ def board_cmd(
         raise UserError(f"--format: {format!r} is not allowed; use table, md, csv or json")
     b = Board(board)
     rows = b.rows(model=model, run=run)
+    if html is not None:
+        from .console import err_console
+        from .report import board_report, write_html
+
+        if html.is_dir():
+            raise UserError(f"--html: {html} is a directory; give a file name such as board.html")
+        write_html(html, board_report(rows))
+        err_console.print(f"wrote {html}", highlight=False)
+        return
     if format == "md":
         sys.stdout.write(render_markdown(rows) + "\n")
     elif format == "csv":

@@ -15,7 +15,8 @@ from . import __version__
 from .board import Board, Row, render_markdown, result_row
 from .data import calibration_crops, cached_tokens, check_eval_length, load_corpus
 from .errors import UserError
-from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for, tokens_sha256
+from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, protocol_for
+from .eval.protocols import eval_tensors, tensors_sha256
 from .eval.results import EvalResult
 from .loading import fingerprint, load_error, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
 from .preflight import preflight
@@ -177,15 +178,17 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
     with progress.task("eval data", total=None):
         corpus = load_corpus(ev.dataset, recipe.base_dir, "eval.dataset")
         ids = cached_tokens(rd.cache, {"model": model_hash, "corpus": corpus.sha256}, tokenizer, corpus.text)
-        check_eval_length(ids, ev.seqlen, corpus.label)
+        if ev.protocol == "gptq-paper":
+            check_eval_length(ids, ev.seqlen, corpus.label)
+        tensors = eval_tensors(ev.protocol, tokenizer, corpus.text, ids)
         tokens_path = rd.cache / "eval-tokens.safetensors"
-        if not tokens_path.exists() or read_json(rd.cache / "eval-tokens.json") != {"sha": tokens_sha256(ids)}:
+        if not tokens_path.exists() or read_json(rd.cache / "eval-tokens.json") != {"sha": tensors_sha256(tensors)}:
             from safetensors.torch import save
 
             from .runs import atomic_write_bytes
 
-            atomic_write_bytes(tokens_path, save({"input_ids": ids.contiguous()}))
-            atomic_write_json(rd.cache / "eval-tokens.json", {"sha": tokens_sha256(ids)})
+            atomic_write_bytes(tokens_path, save({k: v.contiguous() for k, v in tensors.items()}))
+            atomic_write_json(rd.cache / "eval-tokens.json", {"sha": tensors_sha256(tensors)})
     calib = build_calibration(recipe, rd, tokenizer, model_hash, progress)
 
     def job_for(checkpoint: Path) -> EvalJob:
@@ -195,12 +198,12 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             batch_size=ev.batch_size, dtype=resolve_dtype(recipe.model.dtype, device), device=device,
             check_windows=ev.check_windows, check_tolerance_pct=ev.check_tolerance_pct,
             latency=ev.latency.model_dump() if ev.latency.enabled else None,
-            trust_remote_code=recipe.model.trust_remote_code,
+            trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol,
         )
 
     # -- baseline, cached by (model, protocol) -----------------------------------------------
     base_job = job_for(base_dir)
-    pkey = protocol_for(base_job, ids, device).key
+    pkey = protocol_for(base_job, tensors, device).key
     eval_key = content_hash({"job": asdict(base_job) | {"checkpoint": model_hash}, "protocol": pkey})
     cached = read_json(rd.baseline_result())
     stored = None if fresh else board.find_baseline(model_hash, pkey)
@@ -281,7 +284,7 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
     md = render_markdown([Row(r) for r in rows], title=f"{recipe.run_name} — leaderboard")
     md += f"\n**Winner**: {summary.decision.winner or 'none'} — {summary.decision.reason}\n"
     atomic_write_text(summary.run_dir / "leaderboard.md", md)
-    atomic_write_json(summary.run_dir / "results.json", {
+    results = {
         "recipe": str(recipe.path) if recipe.path else None,
         "model": summary.model,
         "baseline": summary.baseline.to_dict(),
@@ -290,4 +293,9 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
         "winner": {"name": summary.decision.winner, "reason": summary.decision.reason},
         "select": recipe.select.model_dump(),
         "llmquant": __version__,
-    })
+    }
+    atomic_write_json(summary.run_dir / "results.json", results)
+    from .report import run_report, write_html
+
+    title = f"{recipe.run_name} — leaderboard"
+    write_html(summary.run_dir / "report.html", run_report(results, summary.run_dir, title, rows))

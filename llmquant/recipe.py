@@ -96,10 +96,19 @@ class LatencySpec(Strict):
     prompts: list[str] | None = None
 
 
+ProtocolName = Literal["gptq-paper", "lm-eval-word", "llama-cpp"]
+"""Perplexity protocols (llmquant/eval/protocols.py); results of different ones are never ranked together."""
+LLAMA_CPP_DEFAULT_CTX = 512
+
+
 class EvalSpec(Strict):
     dataset: DatasetSpec
-    seqlen: int = Field(2048, ge=8, le=1_000_000)
-    max_windows: int | None = Field(None, ge=1)
+    protocol: ProtocolName = Field(
+        "gptq-paper", description="gptq-paper (the papers' windows) | lm-eval-word (lm-eval wikitext word "
+                                  "perplexity) | llama-cpp (llama-perplexity: second half of each window)"
+    )
+    seqlen: int = Field(2048, ge=8, le=1_000_000, description="window length; default 2048, 512 for llama-cpp")
+    max_windows: int | None = Field(None, ge=1, description="only the first N windows (lm-eval-word: documents)")
     batch_size: int = Field(1, ge=1)
     check_windows: int = Field(2, ge=0, description="windows also scored in float32 when computing in 16-bit (CPU)")
     check_tolerance_pct: float = Field(0.1, ge=0, description="16-bit vs float32 difference that is reported")
@@ -107,6 +116,13 @@ class EvalSpec(Strict):
     isolate: bool = Field(
         True, description="evaluate each checkpoint in its own process, so peak memory is its own"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_seqlen(cls, v: Any) -> Any:
+        if isinstance(v, dict) and "seqlen" not in v and v.get("protocol") == "llama-cpp":
+            return {**v, "seqlen": LLAMA_CPP_DEFAULT_CTX}  # llama-perplexity's default context
+        return v
 
 
 class ModuleOverride(Strict):

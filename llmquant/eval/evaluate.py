@@ -27,14 +27,14 @@ from ..loading import DTYPES, pick_device, set_threads
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import atomic_write_json, read_json
 from .latency import measure_latency, prompts_from_stream
-from .perplexity import PROTOCOL_NAME, perplexity, ppl_of, window_count
+from .protocols import Tensors, get_protocol, score, tensors_sha256
 from .results import EvalResult, Protocol
 
 
 @dataclass(frozen=True)
 class EvalJob:
     checkpoint: str
-    tokens_path: str  # safetensors file with "input_ids" [1, N]
+    tokens_path: str  # safetensors file: "input_ids" [1, N] and what the protocol's `prepare` adds
     corpus: str
     corpus_sha256: str
     seqlen: int
@@ -46,6 +46,7 @@ class EvalJob:
     check_tolerance_pct: float = 0.1
     latency: dict | None = None  # LatencySpec fields, or None to skip
     trust_remote_code: bool = False
+    protocol: str = "gptq-paper"  # a name in eval/protocols.py PROTOCOLS
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -64,13 +65,19 @@ def latency_setup(latency: dict | None) -> str:
             f"after {latency.get('warmup', 1)} warm-up, batch 1")
 
 
-def protocol_for(job: EvalJob, ids: torch.Tensor, device: str) -> Protocol:
-    """The protocol a job will be measured under (known before it runs: used as a cache key)."""
-    n = window_count(ids.shape[-1], job.seqlen, job.max_windows)
-    return Protocol(name=PROTOCOL_NAME, corpus=job.corpus, corpus_sha256=job.corpus_sha256,
-                    tokens_sha256=tokens_sha256(ids), seqlen=job.seqlen, windows=n,
-                    tokens_scored=n * (job.seqlen - 1), dtype=job.dtype, device=device,
-                    latency=latency_setup(job.latency))
+def protocol_for(job: EvalJob, tokens: torch.Tensor | Tensors, device: str) -> Protocol:
+    """The protocol a job will be measured under (known before it runs: used as a cache key).
+    `tokens` is the token file's tensors (a bare stream is the paper protocol's file)."""
+    t = tokens if isinstance(tokens, dict) else {"input_ids": tokens}
+    try:
+        plan = get_protocol(job.protocol).plan(t, job.seqlen, job.max_windows)
+    except ValueError as e:
+        raise UserError(f"eval: {job.corpus}: {e} (protocol {job.protocol}, seqlen {job.seqlen}); "
+                        "use a longer corpus or a smaller seqlen") from None
+    return Protocol(name=job.protocol, corpus=job.corpus, corpus_sha256=job.corpus_sha256,
+                    tokens_sha256=tensors_sha256(t), seqlen=job.seqlen, windows=plan.windows,
+                    tokens_scored=plan.tokens_scored, dtype=job.dtype, device=device,
+                    latency=latency_setup(job.latency), documents=plan.documents, words=plan.words)
 
 
 def peak_rss_bytes() -> int:
@@ -116,41 +123,38 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
 
     set_threads()
     device = pick_device(job.device)
-    ids = load_file(job.tokens_path)["input_ids"]
-    n_windows = window_count(ids.shape[-1], job.seqlen, job.max_windows)
-    if n_windows == 0:
-        raise UserError(f"eval: {job.corpus} has {ids.shape[-1]} tokens, fewer than one window of {job.seqlen}")
-    check = min(job.check_windows, n_windows) if (job.dtype != "float32" and device == "cpu") else 0
+    tensors = load_file(job.tokens_path)
+    ids = tensors["input_ids"]
+    protocol = protocol_for(job, tensors, device)  # refuses a corpus too short before loading anything
+    check = min(job.check_windows, protocol.windows) if (job.dtype != "float32" and device == "cpu") else 0
     t0 = time.perf_counter()
     model, tokenizer, info = load_checkpoint(Path(job.checkpoint), "float32" if check else job.dtype, device,
                                              job.trust_remote_code)
     t_load = time.perf_counter() - t0
-    ref = None
-    if check:
-        ref = perplexity(model, ids, job.seqlen, check, job.batch_size, device, progress, label="float32 check")
-        cast_model(model, DTYPES[job.dtype])
-    t1 = time.perf_counter()
-    ppl = perplexity(model, ids, job.seqlen, job.max_windows, job.batch_size, device, progress)
-    t_ppl = time.perf_counter() - t1
     check_result = None
-    if ref is not None:
-        fast = ppl_of(ppl.window_nll[:check], job.seqlen)
-        diff = (fast / ref.ppl - 1.0) * 100.0
-        check_result = {"windows": check, "ppl_float32": ref.ppl, f"ppl_{job.dtype}": fast, "diff_pct": diff,
+    if check:
+        # the same first windows (documents for lm-eval-word) in float32, then in the compute dtype
+        ref = score(job.protocol, model, tensors, job.seqlen, check, job.batch_size, device, progress)
+        cast_model(model, DTYPES[job.dtype])
+        fast = score(job.protocol, model, tensors, job.seqlen, check, job.batch_size, device, progress)
+        diff = (fast.ppl / ref.ppl - 1.0) * 100.0
+        check_result = {"windows": check, "ppl_float32": ref.ppl, f"ppl_{job.dtype}": fast.ppl, "diff_pct": diff,
                         "tolerance_pct": job.check_tolerance_pct, "within": abs(diff) <= job.check_tolerance_pct}
+    t1 = time.perf_counter()
+    ppl = score(job.protocol, model, tensors, job.seqlen, job.max_windows, job.batch_size, device, progress)
+    t_ppl = time.perf_counter() - t1
     lat = None
     if job.latency is not None:
         prompts = latency_prompts(job, ids, tokenizer)
         lat = measure_latency(model, prompts, job.latency.get("decode_tokens", 32),
                               job.latency.get("warmup", 1), progress)
-    protocol = protocol_for(job, ids, device)
-    assert (protocol.windows, protocol.tokens_scored) == (ppl.windows, ppl.tokens_scored)
+    assert (protocol.windows, protocol.tokens_scored, protocol.words) == (ppl.windows, ppl.tokens_scored, ppl.words)
     return EvalResult(
         ppl=ppl.ppl, nll_sum=ppl.nll_sum, protocol=protocol, size_bytes=info.size_bytes,
         weights_bytes=resident_bytes(model), peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
         latency=lat,
         seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0,
-                 "tokens_per_s": ppl.windows * job.seqlen / t_ppl if t_ppl > 0 else None},
+                 "scored_tokens_per_s": ppl.tokens_scored / t_ppl if t_ppl > 0 else None},
         env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
              "machine": platform.machine(), "format": info.format},
         check=check_result,

@@ -29,11 +29,8 @@ class PerplexityResult:
     nll_sum: float
     tokens_scored: int
     windows: int
-    window_nll: tuple[float, ...] = ()  # NLL sum of each window, in order
-
-
-def ppl_of(window_nll: list[float] | tuple[float, ...], seqlen: int) -> float:
-    return math.exp(sum(window_nll) / (len(window_nll) * (seqlen - 1)))
+    documents: int | None = None  # lm-eval-word: documents scored
+    words: int | None = None  # lm-eval-word: the denominator of word perplexity
 
 
 def window_count(n_tokens: int, seqlen: int, max_windows: int | None) -> int:
@@ -60,8 +57,23 @@ def chunked_nll(hidden: Tensor, targets: Tensor, head: nn.Module, chunk: int = 2
 
 
 @torch.inference_mode()
+def nll_at(model: nn.Module, x: Tensor, start: int, targets: Tensor) -> float:
+    """Sum of -log p(targets[:, j] | x[:, :start + j + 1]) over j: the model reads x [B, L] and the
+    logits at positions start .. start + T - 1 are scored against targets [B, T].
+
+    Every protocol (paper, llama.cpp, lm-eval rolling windows) is this with other slices."""
+    n = targets.shape[1]
+    if _plain_head(model):
+        hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state
+        return chunked_nll(hidden[:, start:start + n], targets, model.get_output_embeddings())
+    logits = model(input_ids=x, use_cache=False).logits[:, start:start + n].float()
+    return float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+
+
+@torch.inference_mode()
 def window_nll(model: nn.Module, x: Tensor) -> list[float]:
-    """NLL sum of tokens 1.. of each row of x [B, L], each row scored from its own start."""
+    """NLL sum of tokens 1.. of each row of x [B, L], each row scored from its own start (one
+    batched forward; the loss is summed per row)."""
     if _plain_head(model):
         hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state
         head = model.get_output_embeddings()
@@ -72,18 +84,17 @@ def window_nll(model: nn.Module, x: Tensor) -> list[float]:
 
 def perplexity(model: nn.Module, ids: Tensor, seqlen: int, max_windows: int | None = None,
                batch_size: int = 1, device: str | torch.device = "cpu",
-               progress: Progress = NULL_PROGRESS, label: str = "perplexity") -> PerplexityResult:
+               progress: Progress = NULL_PROGRESS) -> PerplexityResult:
     n = window_count(ids.shape[-1], seqlen, max_windows)
     if n == 0:
         raise ValueError(f"{ids.shape[-1]} tokens hold no window of {seqlen}")
     windows = ids.reshape(-1)[: n * seqlen].view(n, seqlen)
     nll: list[float] = []
-    with progress.task(label, total=n) as advance:
+    with progress.task("perplexity", total=n) as advance:
         for b in range(0, n, batch_size):
             x = windows[b:b + batch_size].to(device)
             nll.extend(window_nll(model, x))
-            advance(x.shape[0], note=f"ppl so far {ppl_of(nll, seqlen):.3f}")
+            advance(x.shape[0], note=f"ppl so far {math.exp(sum(nll) / (len(nll) * (seqlen - 1))):.3f}")
     total = sum(nll)
     scored = n * (seqlen - 1)
-    return PerplexityResult(ppl=math.exp(total / scored), nll_sum=total, tokens_scored=scored, windows=n,
-                            window_nll=tuple(nll))
+    return PerplexityResult(ppl=math.exp(total / scored), nll_sum=total, tokens_scored=scored, windows=n)

@@ -14,7 +14,7 @@ class Protocol:
     """Everything that changes a perplexity or latency number. Results are ranked together
     only when their protocol keys are equal."""
 
-    name: str  # "gptq-paper"
+    name: str  # "gptq-paper" | "lm-eval-word" | "llama-cpp" (eval/protocols.py)
     corpus: str  # label, for people
     corpus_sha256: str  # of the text
     tokens_sha256: str  # of the token stream: pins the tokenizer too
@@ -24,16 +24,26 @@ class Protocol:
     dtype: str
     device: str
     latency: str  # how latency was measured ("none" when it was not): part of what is compared
+    documents: int | None = None  # lm-eval-word only
+    words: int | None = None  # lm-eval-word only: the denominator of its word perplexity
 
     @property
     def key(self) -> str:
-        d = asdict(self)
+        # fields a protocol does not use are left out, so adding one keeps older keys valid
+        d = {k: v for k, v in asdict(self).items() if v is not None}
         d.pop("corpus")
         return content_hash(d)
 
     def describe(self) -> str:
-        return (f"{self.name}: {self.corpus}, {self.windows} windows x {self.seqlen} tokens "
-                f"({self.tokens_scored} scored), {self.dtype} on {self.device}; latency {self.latency}")
+        if self.name == "lm-eval-word":
+            what = (f"{self.documents} documents in {self.windows} rolling windows of {self.seqlen} tokens "
+                    f"({self.tokens_scored} scored), word perplexity over {self.words} words")
+        elif self.name == "llama-cpp":
+            what = (f"{self.windows} chunks x {self.seqlen} tokens, second half scored "
+                    f"({self.tokens_scored} scored)")
+        else:
+            what = f"{self.windows} windows x {self.seqlen} tokens ({self.tokens_scored} scored)"
+        return f"{self.name}: {self.corpus}, {what}, {self.dtype} on {self.device}; latency {self.latency}"
 
 
 @dataclass(frozen=True)

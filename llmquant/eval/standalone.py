@@ -15,7 +15,8 @@ from ..loading import fingerprint, load_tokenizer, pick_device, resolve_dtype, r
 from ..progress import Progress
 from ..recipe import DatasetSpec
 from ..runs import atomic_write_bytes, content_hash
-from .evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, tokens_sha256
+from .evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated
+from .protocols import eval_tensors, tensors_sha256
 
 
 def _tokenizer_for(path: Path, info: CheckpointInfo):
@@ -28,7 +29,7 @@ def _tokenizer_for(path: Path, info: CheckpointInfo):
 
 def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqlen: int, max_windows: int | None,
                   dtype: str, device: str, latency: bool, model_label: str | None, board_path: Path | None,
-                  isolate: bool, progress: Progress, cache_dir: Path | None = None):
+                  isolate: bool, progress: Progress, cache_dir: Path | None = None, protocol: str = "gptq-paper"):
     path = Path(path)
     info = inspect_checkpoint(path)
     device = pick_device(device)
@@ -42,16 +43,20 @@ def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqle
         ids = cached_tokens(cache, {"tokenizer": type(tok).__name__, "vocab": len(tok), "corpus": corpus.sha256,
                                     "tok": content_hash(sorted(tok.get_vocab().items())[:2000])}, tok, corpus.text)
         try:
-            check_eval_length(ids, seqlen, corpus.label)
+            if protocol == "gptq-paper":
+                check_eval_length(ids, seqlen, corpus.label)
+            tensors = eval_tensors(protocol, tok, corpus.text, ids)
         except UserError as e:
-            raise UserError(str(e).replace("eval.seqlen", "--seqlen").replace("eval.dataset", "--dataset")) from None
-        tokens_path = cache / f"stream-{tokens_sha256(ids)[:16]}.safetensors"
+            raise UserError(str(e).replace("eval.seqlen", "--seqlen").replace("eval.dataset", "--dataset")
+                            .replace("eval.protocol", "--protocol")) from None
+        tokens_path = cache / f"stream-{tensors_sha256(tensors)[:16]}.safetensors"
         if not tokens_path.exists():
-            atomic_write_bytes(tokens_path, save({"input_ids": ids.contiguous()}))
+            atomic_write_bytes(tokens_path, save({k: v.contiguous() for k, v in tensors.items()}))
     job = EvalJob(checkpoint=str(path.resolve()), tokens_path=str(tokens_path), corpus=corpus.label,
                   corpus_sha256=corpus.sha256, seqlen=seqlen, max_windows=max_windows,
                   dtype=resolve_dtype(dtype, device), device=device, check_windows=2,
-                  latency={"prompt_tokens": 128, "decode_tokens": 32, "repeats": 5, "warmup": 1} if latency else None)
+                  latency={"prompt_tokens": 128, "decode_tokens": 32, "repeats": 5, "warmup": 1} if latency else None,
+                  protocol=protocol)
     with progress.task(f"evaluate {path.name}", total=None):
         if isolate:
             result = evaluate_isolated(job, cache / "logs" / content_hash(job.to_json()), progress)
