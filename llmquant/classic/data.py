@@ -184,10 +184,11 @@ def load_dataset(spec: ClassicDataSpec, base_dir: Path, tokenizer: Any = None,
         if name.endswith(".npz"):
             try:
                 arrays = np.load(path, allow_pickle=False)
+                for k in (spec.x_key, spec.y_key):
+                    if k not in arrays.files:
+                        raise UserError(f"data.source: {path} has no array {k!r} (arrays: {', '.join(arrays.files)}; "
+                                        "set data.x_key / data.y_key)")
                 x_np, y_np = arrays[spec.x_key], arrays[spec.y_key]
-            except KeyError as e:
-                raise UserError(f"data.source: {path} has no array {e} (arrays: {', '.join(arrays.files)}; "
-                                "set data.x_key / data.y_key)") from None
             except (OSError, ValueError) as e:
                 raise UserError(f"data.source: {path}: not a readable .npz ({e})") from None
             x = _normalize(_images_to_tensor(x_np, f"data.source: {path}"), spec, f"data: {path}")

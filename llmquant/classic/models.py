@@ -102,10 +102,15 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_weights(module: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:
-    missing, unexpected = module.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise UserError(f"{where}: does not fit the factory's model: missing {list(missing)[:5]}, "
-                        f"unexpected {list(unexpected)[:5]}")
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [f"{k} {tuple(sd[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in sd and sd[k].shape != v.shape]
+    if missing or unexpected or shapes:
+        raise UserError(f"{where}: does not fit the factory's model: missing {missing[:5]}, "
+                        f"unexpected {unexpected[:5]}, shape mismatches {shapes[:3]}")
+    module.load_state_dict(sd)
 
 
 def _hf_hash(d: Path) -> str:
