@@ -23,8 +23,10 @@ def dynamic_batch(example: tuple[torch.Tensor, ...]) -> tuple[dict, ...]:
 
 
 def example_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    """Two samples: a batch of one would be specialised to a constant by torch.export."""
-    return tuple(x[:2] for x in inputs)
+    """Two samples: a batch of one would be specialised to a constant by torch.export. Copies, not
+    views: torch.export.save stores the example inputs, and a view would drag the whole dataset's
+    storage into every saved program."""
+    return tuple(x[:2].clone() for x in inputs)
 
 
 def export(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.export.ExportedProgram:

@@ -19,6 +19,7 @@ from torch import nn
 
 from ..errors import UserError
 from .data import Dataset, Splits
+from .export import example_inputs
 from .ptq import CALIBRATION_BATCH, ClassicContext
 
 log = logging.getLogger("llmquant")
@@ -38,7 +39,7 @@ def _float_onnx(source, splits: Splits, work: Path) -> Path:
     if source.onnx_path is not None:
         return source.onnx_path
     work.mkdir(parents=True, exist_ok=True)
-    return export_onnx(source.module, tuple(x[:2] for x in splits.calibration.inputs),
+    return export_onnx(source.module, example_inputs(splits.calibration.inputs),
                        splits.calibration.input_names, work / "float.onnx")
 
 

@@ -16,9 +16,10 @@ from llmquant.classic.train import fit
 from llmquant.classic.zoo import digits_cnn
 
 
-@pytest.fixture(autouse=True, scope="session")
+@pytest.fixture(autouse=True, scope="module")
 def one_thread():
-    """Shared cores: two threads that wait for each other make timings and tests erratic."""
+    """Shared cores: two threads that wait for each other make timings and tests erratic.
+    Module scope: the setting is restored before tests outside this directory run."""
     old = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

@@ -80,6 +80,8 @@ def test_baseline_program_round_trip(digits_model, digits_splits, tmp_path):
     torch.testing.assert_close(loaded(x), net(x), rtol=0, atol=0)
     n_params = sum(p.numel() for p in net.parameters())
     assert program_weights_bytes(path) == 4 * n_params
+    # the file is the weights plus the graph: no dataset storage dragged in by example-input views
+    assert path.stat().st_size < 4 * n_params + 150_000
 
 
 def test_static_dynamic_cast_keep_accuracy_and_store_int8(digits_model, digits_splits, tmp_path):

@@ -93,3 +93,14 @@ def test_variant_checks(tmp_path):
     assert "variants[0].skip" in msg and "not a valid regular expression" in msg
     assert "variants[0].dtype" in bad({**BASE, "variants": [{"name": "c", "method": "cast", "dtype": "int4"}]}, tmp_path)
     assert "variants[0].lr: got 0" in bad({**BASE, "variants": [{"name": "q", "method": "qat", "lr": 0}]}, tmp_path)
+
+
+def test_readme_classic_example_parses():
+    """The README's classic recipe block is a valid recipe (its commented alternatives aside)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    block = text.split("```yaml\nkind: classic\n", 1)[1].split("```", 1)[0]
+    r = parse_recipe(yaml.safe_load("kind: classic\n" + block))
+    assert isinstance(r, ClassicRecipe) and [v.method for v in r.variants] == \
+        ["dynamic", "static", "qat", "cast", "mixed", "onnx_static"]
