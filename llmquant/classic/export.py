@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..errors import UserError
+
 MAX_BATCH = 1 << 16
 
 
@@ -34,7 +36,13 @@ def export(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.export
     params = inspect.signature(module.forward).parameters.values()
     if any(p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
         shapes = (shapes,)  # forward(*xs): one entry, a tuple
-    return torch.export.export(module, example, dynamic_shapes=shapes)
+    try:
+        return torch.export.export(module, example, dynamic_shapes=shapes)
+    except Exception as e:  # torch.export raises many types; all mean "this model cannot be captured"
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"model: torch.export cannot capture {type(module).__name__} with a dynamic batch "
+                        f"({type(e).__name__}: {first}); the torch methods and the saved programs need an "
+                        "exportable model (the onnx_* methods trace it instead)") from e
 
 
 def capture(module: nn.Module, example: tuple[torch.Tensor, ...]) -> torch.fx.GraphModule:

@@ -8,6 +8,7 @@ artifact into `out_dir` and returns {"artifact": file name, "format": "pt2" | "o
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,7 @@ class ClassicMethod:
     impl: str
     bits: int | None  # what the leaderboard's bits column shows
     what: str
+    needs: tuple[str, ...] = ("torchao",)  # importable packages
 
 
 METHODS: dict[str, ClassicMethod] = {
@@ -27,10 +29,19 @@ METHODS: dict[str, ClassicMethod] = {
     "qat": ClassicMethod("llmquant.classic.qat:qat_int8", 8, "torchao pt2e quantization-aware training, then INT8"),
     "cast": ClassicMethod("llmquant.classic.ptq:cast", 16, "FP16/BF16 casting"),
     "mixed": ClassicMethod("llmquant.classic.mixed:mixed", 8, "INT8 with chosen or most sensitive layers in float"),
-    "onnx_fp32": ClassicMethod("llmquant.classic.onnx_rt:onnx_fp32", None, "ONNX export, float32, ONNX Runtime"),
-    "onnx_dynamic": ClassicMethod("llmquant.classic.onnx_rt:onnx_dynamic", 8, "ONNX Runtime quantize_dynamic"),
-    "onnx_static": ClassicMethod("llmquant.classic.onnx_rt:onnx_static", 8, "ONNX Runtime quantize_static (QDQ)"),
+    "onnx_fp32": ClassicMethod("llmquant.classic.onnx_rt:onnx_fp32", None, "ONNX export, float32, ONNX Runtime",
+                               ("onnx", "onnxruntime")),
+    "onnx_dynamic": ClassicMethod("llmquant.classic.onnx_rt:onnx_dynamic", 8, "ONNX Runtime quantize_dynamic",
+                                  ("onnx", "onnxruntime")),
+    "onnx_static": ClassicMethod("llmquant.classic.onnx_rt:onnx_static", 8, "ONNX Runtime quantize_static (QDQ)",
+                                 ("onnx", "onnxruntime")),
 }
+
+
+def missing_packages(methods: list[str], extra: tuple[str, ...] = ()) -> list[str]:
+    """Packages the given methods (plus `extra`) need that cannot be imported here."""
+    needed = {p for m in methods for p in METHODS[m].needs} | set(extra)
+    return sorted(p for p in needed if importlib.util.find_spec(p) is None)
 
 
 def get_method(name: str) -> Callable:

@@ -20,13 +20,14 @@ import torch
 
 from .. import __version__
 from ..board import Board, Row, render_markdown
+from ..errors import UserError
 from ..pipeline import in_recipe
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import RunDir, atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, content_hash, read_json
 from ..winner import Decision
 from .data import Splits, coverage_notes, load_dataset, make_splits
 from .export import example_inputs, program_weights_bytes, save_program
-from .methods import METHODS, get_method
+from .methods import METHODS, get_method, missing_packages
 from .models import SourceModel, load_weights, open_source, read_state_dict
 from .onnx_rt import onnx_weights_bytes
 from .ptq import ClassicContext
@@ -141,6 +142,11 @@ def _baseline_artifact(source: SourceModel, splits: Splits, rd: RunDir, fresh: b
 
 def _run(recipe: ClassicRecipe, progress: Progress, fresh: bool, board_path: Path | None,
          threads: int) -> ClassicSummary:
+    extra = ("torchao",) + (("sklearn",) if recipe.data.source == "builtin:digits" else ()) + \
+        (("onnxruntime",) if recipe.model.onnx else ())
+    missing = missing_packages([v.method for v in recipe.variants], extra)
+    if missing:
+        raise UserError(f"this recipe needs {', '.join(missing)}: pip install 'llmquant[classic]'")
     rd = RunDir(recipe.run_dir())
     rd.prepare()
     board = Board(board_path or (recipe.resolve(recipe.output.board) if recipe.output.board else None))

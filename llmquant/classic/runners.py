@@ -5,6 +5,7 @@ it, `logits` turns the output into a float32 array."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -56,7 +57,8 @@ class TorchRunner:
                 # reach the pass that packs INT8 convolution weights), so patch it for that call only.
                 from torch._inductor import config as inductor_config
 
-                with inductor_config.patch(freezing=True):
+                with inductor_config.patch(freezing=True), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # inductor's own copy-construct warnings
                     out = self.fn(*native)
                 self._compiled.add(shapes)
                 return out

@@ -206,3 +206,17 @@ def test_recurrent_layers_are_reported():
     lstm.add_module("rnn", torch.nn.LSTM(4, 4))
     lstm.add_module("head", torch.nn.Linear(4, 2))
     assert "left in float" in recurrent_note(lstm)[0] and recurrent_note(torch.nn.Linear(2, 2)) == []
+
+
+def test_unexportable_model_is_a_user_error(digits_splits):
+    from llmquant.classic.export import export
+    from llmquant.errors import UserError
+
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            if x.sum() > 0:  # control flow on values: torch.export cannot capture it
+                return x.flatten(1)[:, :10]
+            return -x.flatten(1)[:, :10]
+
+    with pytest.raises(UserError, match="torch.export cannot capture DataDependent"):
+        export(DataDependent(), example_inputs(digits_splits.calibration.inputs))

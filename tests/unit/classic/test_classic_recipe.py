@@ -104,3 +104,20 @@ def test_readme_classic_example_parses():
     r = parse_recipe(yaml.safe_load("kind: classic\n" + block))
     assert isinstance(r, ClassicRecipe) and [v.method for v in r.variants] == \
         ["dynamic", "static", "qat", "cast", "mixed", "onnx_static"]
+
+
+def test_missing_packages_are_named_with_a_pip_hint(tmp_path, monkeypatch):
+    import importlib.util
+
+    from llmquant.classic.methods import missing_packages
+    from llmquant.classic.pipeline import run_classic
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    assert missing_packages(["static", "onnx_static"]) == ["onnxruntime"]
+    assert missing_packages(["static"]) == []
+    r = parse_recipe({**BASE, "variants": [{"name": "o", "method": "onnx_static"}],
+                      "output": {"dir": str(tmp_path / "run"), "board": str(tmp_path / "b.sqlite")}})
+    with pytest.raises(UserError, match=r"needs onnxruntime: pip install 'llmquant\[classic\]'"):
+        run_classic(r)
+    assert not (tmp_path / "run").exists()
