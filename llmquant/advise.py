@@ -17,8 +17,12 @@ The rules (each has a test):
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
+
+from .errors import UserError
 
 Target = Literal["cpu", "gpu", "edge", "extreme-edge"]
 Arch = Literal["cnn", "transformer", "rnn", "llm", "other"]
@@ -148,7 +152,7 @@ def explain_classic(results: dict) -> list[str]:
         speed = _ratio(base.get("latency_ms_median"), r.get("latency_ms_median"))
         smaller = _ratio(base.get("size_bytes"), r.get("size_bytes"))
         gain = f"{speed:.1f}x at batch 1" if speed else "no latency measured"
-        size = f", {smaller:.1f}x smaller" if smaller else ""
+        size = "" if not smaller else f", {smaller:.1f}x smaller" if smaller >= 1 else f", {1 / smaller:.1f}x larger"
         if loss > 3:
             lines.append(f"{name}: lost {loss:.1f} pts ({gain}{size}): reconsider; try QAT or mixed precision")
         elif loss > 2:
@@ -204,6 +208,19 @@ def explain_llm(results: dict) -> list[str]:
     lines.append(f"recommendation: {'deploy ' + w['name'] if w.get('name') else 'keep the baseline'}"
                  + (f" ({w['reason']})" if w.get("reason") else ""))
     return lines
+
+
+def read_results(path: Path) -> dict:
+    """A run's results.json, from the run directory or the file itself."""
+    path = Path(path)
+    file = path / "results.json" if path.is_dir() else path
+    try:
+        results = json.loads(file.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--run: {file}: no readable results.json ({e})") from None
+    if not isinstance(results, dict) or "baseline" not in results or "variants" not in results:
+        raise UserError(f"--run: {file}: not the results.json of an llmquant run (no baseline/variants)")
+    return results
 
 
 def explain(results: dict) -> list[str]:

@@ -257,18 +257,11 @@ def advise(
     Examples: `llmquant advise --target cpu --size-mb 40 --latency-ms 12 --latency-goal-ms 5`;
     `llmquant advise --run runs/digits-cnn`
     """
-    import json
-
-    from .advise import ARCHS, TARGETS, Situation, explain, recommend
+    from .advise import ARCHS, TARGETS, Situation, explain, read_results, recommend
     from .console import out_console
 
     if run is not None:
-        path = run / "results.json" if run.is_dir() else run
-        try:
-            results = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise UserError(f"--run: {path}: no readable results.json ({e})") from None
-        for line in explain(results):
+        for line in explain(read_results(run)):
             out_console.print(f"• {line}", highlight=False)
         return
     if target not in TARGETS:

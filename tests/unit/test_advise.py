@@ -92,6 +92,7 @@ def test_explain_classic_branches():
     lines = explain(classic_results([
         ("static", "static", 97.6, 1.0, 1_000_000, 0),   # 2.1x at 0.4 pts: deploy
         ("dyn", "dynamic", 97.5, 2.0, 3_000_000, 0),     # no real speed-up
+        ("big", "cast", 98.0, 2.0, 5_000_000, 0),        # larger on disk than the baseline
         ("slow", "onnx_static", 97.9, 4.2, 1_000_000, 0),  # slower at batch 1
         ("over", "cast", 96.5, 1.0, 2_000_000, 0),       # 1.5 pts > tolerance 1
         ("qatish", "mixed", 95.5, 1.0, 1_000_000, 0),    # 2.5 pts: try QAT
@@ -106,6 +107,7 @@ def test_explain_classic_branches():
     assert "qatish: lost 2.5 pts" in text and "try QAT" in text
     assert "bad: lost 8.0 pts" in text and "reconsider" in text
     assert "nan: NaN/Inf" in text
+    assert "big: gave 1.1x at batch 1 at 0.0 pts loss, 1.2x larger: little to gain" in text
     assert "QAT did not recover" not in text  # static lost only 0.4 pts
     assert lines[-1].startswith("recommendation: deploy static")
 
@@ -158,3 +160,14 @@ def test_cli_advise(tmp_path):
     assert r.exit_code == 0 and "static: gave 2.1x" in r.output
     r = CliRunner().invoke(app, ["advise", "--run", str(tmp_path / "nope")])
     assert r.exit_code == 2 and "no readable results.json" in r.output
+
+
+def test_read_results_refuses_other_json(tmp_path):
+    import pytest
+
+    from llmquant.advise import read_results
+    from llmquant.errors import UserError
+
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(UserError, match="not the results.json of an llmquant run"):
+        read_results(tmp_path / "x.json")
