@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=300)
     ap.add_argument("--quick", action="store_true", help="3,000 images, 50 repeats: checks the script runs")
     ap.add_argument("--work", default=str(ROOT / "runs" / "bench-classic-mnist"))
+    ap.add_argument("--note", default=None, help="a line recorded with the results (e.g. the machine's load)")
     ap.add_argument("--out", default=None, help="results file stem (default bench/results/classic_mnist-<date>-<host>)")
     args = ap.parse_args()
     if args.quick:
@@ -166,7 +167,8 @@ def main() -> None:
         f"- data: {data} (test images; {summary.splits['train']} train / {summary.splits['validation']} validation, "
         f"calibration {summary.splits['calibration']} from train, seed 0); LeNet-5 trained here for {args.epochs} "
         "epochs",
-        f"- protocol: {base.protocol.describe()}", "",
+        f"- protocol: {base.protocol.describe()}",
+        *([f"- note: {args.note}"] if args.note else []), "",
         "| variant | method | runtime | accuracy % | Δ pts | size KB | weights KB | b1 ms | b1 p90 ms | samples/s @256 |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
