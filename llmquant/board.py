@@ -33,6 +33,9 @@ COLUMNS = [
     ("decode_tok_s", "REAL"), ("peak_rss_bytes", "INTEGER"), ("weights_bytes", "INTEGER"),
     ("protocol_key", "TEXT"), ("protocol", "TEXT"), ("version", "TEXT"), ("artifact", "TEXT"),
     ("artifact_hash", "TEXT"), ("result_json", "TEXT"),
+    # generic task metrics (classic classifiers: accuracy in %), added later: migrated in by Board()
+    ("metric_name", "TEXT"), ("metric", "REAL"), ("delta_metric_pts", "REAL"), ("latency_ms_median", "REAL"),
+    ("latency_ms_p90", "REAL"), ("throughput", "REAL"), ("verdict", "TEXT"),
 ]
 NAMES = [c for c, _ in COLUMNS]
 SCHEMA = (
@@ -40,6 +43,18 @@ SCHEMA = (
     + ", ".join(f"{c} {t}" for c, t in COLUMNS)
     + ", UNIQUE(run_dir, variant, protocol_key))"
 )
+
+
+def migrate(con: sqlite3.Connection) -> None:
+    """Add the columns a database made by an older llmquant lacks (existing rows get NULL)."""
+    have = {r[1] for r in con.execute("PRAGMA table_info(results)")}
+    for name, kind in COLUMNS:
+        if name not in have:
+            try:
+                con.execute(f"ALTER TABLE results ADD COLUMN {name} {kind}")
+            except sqlite3.OperationalError as e:  # another process added it first
+                if "duplicate column" not in str(e):
+                    raise
 
 
 def default_board_path() -> Path:
@@ -65,6 +80,7 @@ class Board:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with self._connect() as con:
                 con.execute(SCHEMA)
+                migrate(con)
         except sqlite3.DatabaseError as e:
             raise UserError(f"{self.path}: not a usable leaderboard database ({e})") from None
 
@@ -147,7 +163,28 @@ DISPLAY = [
 ]
 
 
+METRIC_DISPLAY = [
+    ("variant", "variant"), ("method", "method"), ("format", "format"), ("size_mb", "size MB"),
+    ("metric", "metric"), ("delta_metric_pts", "Δ pts"), ("verdict", "verdict"),
+    ("latency_ms_median", "b1 ms"), ("latency_ms_p90", "b1 p90 ms"), ("throughput", "samples/s"),
+]
+"""Columns for rows that carry a task metric (accuracy) instead of perplexity."""
+
+
+def _is_metric_group(rows: list[dict]) -> bool:
+    return any(r.get("metric_name") for r in rows)
+
+
 def _fmt(key: str, r: dict) -> str:
+    if key in ("metric", "delta_metric_pts", "latency_ms_median", "latency_ms_p90", "throughput"):
+        v = r.get(key)
+        if v is None:
+            return "-"
+        if key == "delta_metric_pts":
+            return "baseline" if r.get("is_baseline") else f"{v:+.2f}"
+        return f"{v:.3f}" if key.startswith("latency") else f"{v:.2f}" if key == "metric" else f"{v:.0f}"
+    if key == "size_mb" and r.get("metric_name") and r.get("size_bytes") is not None:
+        return f"{r['size_bytes'] / 1e6:.3f}"
     if key == "size_mb":
         return f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") is not None else "-"
     if key == "peak_rss_mb":
@@ -165,16 +202,30 @@ def _fmt(key: str, r: dict) -> str:
 
 
 def group_by_protocol(rows: list[Row]) -> dict[tuple[str, str], list[dict]]:
-    """{(model, protocol_key): rows ranked baseline first, then by perplexity}."""
+    """{(model, protocol_key): rows ranked baseline first, then by perplexity (lower first) or, for
+    rows with a task metric such as accuracy, by that metric (higher first)}. A protocol never mixes
+    the two, so accuracy rows never rank against perplexity rows."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         groups.setdefault((r.model, r.protocol_key), []).append(r.data)
+
+    def rank(d: dict) -> tuple:
+        if d.get("ppl") is not None:
+            return (not d["is_baseline"], d["ppl"])
+        if d.get("metric") is not None:
+            return (not d["is_baseline"], -d["metric"])
+        return (not d["is_baseline"], float("inf"))
+
     for k in groups:
-        groups[k].sort(key=lambda d: (not d["is_baseline"], d["ppl"] if d["ppl"] is not None else float("inf")))
+        groups[k].sort(key=rank)
     return groups
 
 
 def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    if _is_metric_group(rows):
+        name = next(r["metric_name"] for r in rows if r.get("metric_name"))
+        headers = [f"{name} %" if k == "metric" else h for k, h in METRIC_DISPLAY]
+        return headers, [[_fmt(k, r) for k, _ in METRIC_DISPLAY] for r in rows]
     headers = [h for _, h in DISPLAY]
     return headers, [[_fmt(k, r) for k, _ in DISPLAY] for r in rows]
 

@@ -84,6 +84,14 @@ def run(
     from .recipe import load_recipe
 
     r = load_recipe(recipe)
+    if getattr(r, "kind", None) == "classic":
+        from .classic.pipeline import run_classic
+
+        with RichProgress() as progress:
+            summary = run_classic(r, progress=progress, fresh=fresh, board_path=board)
+        print_classic_summary(summary)
+        err_console.print(f"run directory: {summary.run_dir}  ·  leaderboard: {summary.board_path}")
+        return
     with RichProgress() as progress:
         summary = run_recipe(r, progress=progress, fresh=fresh, board_path=board)
     print_summary(summary)
@@ -113,6 +121,18 @@ def print_summary(summary) -> None:
     out_console.print(f"[bold]winner:[/] [green]{verdict}[/] — {summary.decision.reason}", highlight=False)
 
 
+def print_classic_summary(summary) -> None:
+    from .board import Row, group_by_protocol, table_cells
+    from .console import out_console, rich_table
+
+    for (model, _), group in group_by_protocol([Row(r) for r in summary.rows]).items():
+        headers, cells = table_cells(group)
+        out_console.print(rich_table(f"{model} — {group[0]['protocol']}", headers, cells,
+                                     highlight=summary.decision.winner))
+    verdict = summary.decision.winner or "none"
+    out_console.print(f"[bold]winner:[/] [green]{verdict}[/] — {summary.decision.reason}", highlight=False)
+
+
 def _lat(result) -> dict:
     lat = result.latency
     return {"ttft_ms_median": lat.ttft_ms_median if lat else None, "ttft_ms_p90": lat.ttft_ms_p90 if lat else None,
@@ -132,6 +152,16 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s)
 
     for path in recipes:
         r = load_recipe(path)
+        if getattr(r, "kind", None) == "classic":
+            from .classic.preflight import preflight_classic
+
+            rep = preflight_classic(r)
+            methods = ", ".join(f"{v.name} ({v.method})" for v in r.variants) or "no variants"
+            out_console.print(f"[green]ok[/] {path}: classic model {rep.model}; data {rep.data}; {methods}",
+                              highlight=False)
+            for note in rep.notes:
+                out_console.print(f"   note: {note}", highlight=False)
+            continue
         report = preflight(r)
         methods = ", ".join(f"{v.name} ({v.method})" for v in r.variants) or "no variants"
         out_console.print(f"[green]ok[/] {path}: model {report.source.label} ({report.source.kind}); {methods}",
@@ -230,6 +260,46 @@ def board_cmd(
         for (m, _), group in group_by_protocol(rows).items():
             headers, cells = table_cells(group)
             out_console.print(rich_table(f"{m} — {group[0]['protocol']}", headers, cells))
+
+
+@app.command()
+@handle_errors
+def advise(
+    target: Optional[str] = typer.Option(None, help="Deployment target: cpu | gpu | edge | extreme-edge."),
+    tolerance: float = typer.Option(1.0, help="Accuracy you can give up, in points (LLMs: perplexity %)."),
+    size_mb: Optional[float] = typer.Option(None, help="The model's size now, MB."),
+    latency_ms: Optional[float] = typer.Option(None, help="Its latency now (batch 1), ms."),
+    size_goal_mb: Optional[float] = typer.Option(None, help="The size it must fit in, MB."),
+    latency_goal_ms: Optional[float] = typer.Option(None, help="The latency it must reach, ms."),
+    arch: str = typer.Option("cnn", help="cnn | transformer | rnn | llm | other"),
+    run: Optional[Path] = typer.Option(None, "--run", help="A run directory (or its results.json): explain it."),
+) -> None:
+    """Recommend a quantization method ladder for a deployment, or explain a finished run.
+
+    Examples: `llmquant advise --target cpu --size-mb 40 --latency-ms 12 --latency-goal-ms 5`;
+    `llmquant advise --run runs/digits-cnn`
+    """
+    from .advise import ARCHS, TARGETS, Situation, explain, read_results, recommend
+    from .console import out_console
+
+    if run is not None:
+        for line in explain(read_results(run)):
+            out_console.print(f"• {line}", highlight=False)
+        return
+    if target not in TARGETS:
+        raise UserError(f"--target: {target!r} is not allowed; use {', '.join(TARGETS)} (or --run DIR)")
+    if arch not in ARCHS:
+        raise UserError(f"--arch: {arch!r} is not allowed; use {', '.join(ARCHS)}")
+    for flag, v in (("--tolerance", tolerance), ("--size-mb", size_mb), ("--latency-ms", latency_ms),
+                    ("--size-goal-mb", size_goal_mb), ("--latency-goal-ms", latency_goal_ms)):
+        if v is not None and v < 0:
+            raise UserError(f"{flag}: {v} must be >= 0")
+    a = recommend(Situation(target, tolerance, size_mb, latency_ms, size_goal_mb, latency_goal_ms, arch))
+    out_console.print(f"[bold]{a.summary}[/]", highlight=False)
+    for i, step in enumerate(a.steps, 1):
+        out_console.print(f"  {i}. [cyan]{step.method}[/]: {step.why}", highlight=False)
+    for note in a.notes:
+        out_console.print(f"  note: {note}", highlight=False)
 
 
 def main() -> None:

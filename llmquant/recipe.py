@@ -309,9 +309,18 @@ def format_validation_error(path: Path | str, e: ValidationError) -> str:
 
 
 def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
-    """Validate an already-parsed YAML document."""
+    """Validate an already-parsed YAML document. `kind: classic` documents become ClassicRecipe
+    (llmquant.classic.recipe); no `kind` (or `kind: llm`) is an LLM recipe."""
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping (model:, eval:, variants:, ...), got {type(data).__name__}")
+    kind = data.get("kind", "llm")
+    if kind == "classic":
+        from .classic.recipe import parse_classic
+
+        return parse_classic(data, path)
+    if kind != "llm":
+        raise UserError(f"{path}: kind: {kind!r} is not a known recipe kind; allowed: llm (the default), classic")
+    data = {k: v for k, v in data.items() if k != "kind"}
     try:
         recipe = Recipe.model_validate(data)
     except ValidationError as e:
