@@ -202,6 +202,9 @@ def plan_fit(shape: ModelShape, weights: WeightBytes, gpus: list[GpuMemory], req
     if len(gpus) < n:
         raise UserError(f"serve.vllm: tensor_parallel_size x pipeline_parallel_size = {n} GPUs, but only "
                         f"{len(gpus)} are visible; set serve.vllm.gpu_memory_gib for GPUs on other machines (Ray)")
+    if shape.heads % req.tp:
+        raise UserError(f"serve.vllm.tensor_parallel_size: {req.tp} does not divide the model's {shape.heads} attention "
+                        "heads (vLLM requires it); use a divisor, or pipeline_parallel_size for the rest")
     gpus = gpus[:n]
     check_free_memory(gpus, req.util)
     split = layers_per_stage(shape.layers, req.pp)

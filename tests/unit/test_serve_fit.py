@@ -133,6 +133,11 @@ def test_refuses_when_too_few_gpus_are_given():
         plan_fit(TOY, TOY_W, [GPU4], req(tp=2))
 
 
+def test_tensor_parallel_must_divide_the_heads():
+    with pytest.raises(UserError, match="tensor_parallel_size: 2 does not divide the model's 9 attention heads"):
+        plan_fit(SMOL, TOY_W, [GPU4, GPU4], req(tp=2))
+
+
 def test_refuses_to_choose_a_tiny_context():
     # overhead 895 MiB: 2048 - 1152 - 895 = 1 MiB left = 256 tokens of 4 KiB, exactly the floor
     assert plan_fit(TOY, TOY_W, [GPU4], req(overhead_bytes=895 * MiB)).max_model_len == 256
