@@ -43,6 +43,16 @@ def resolve_engine(choice: str) -> str:
     raise UserError(f"--engine: {choice!r} is not allowed; use auto, vllm or local")
 
 
+def release_gpu_cache() -> None:
+    """Give back what torch's caching allocator holds in this process, before vLLM measures free memory."""
+    import gc
+
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        gc.collect()
+        torch.cuda.empty_cache()
+
+
 def api_key(serve: ServeSpec, given: str | None = None) -> str | None:
     """The key clients must send: given (flag), else $LLMQUANT_API_KEY, else the recipe's named variable."""
     if given:
@@ -104,6 +114,9 @@ def serve_foreground(target: ServeTarget, serve: ServeSpec, engine: str, key: st
     if engine == "vllm":
         from . import vllm
 
+        if serve.port == 0:
+            serve = serve.model_copy(update={"port": free_port(serve.host)})
+        release_gpu_cache()
         srv = vllm.launch(target, serve, name, serve.port, key, log_path(target, "vllm"), trust_remote_code)
         srv.echo = say
         srv.start()
@@ -138,6 +151,7 @@ def start_background(target: ServeTarget, serve: ServeSpec, engine: str, key: st
     if engine == "vllm":
         from . import vllm
 
+        release_gpu_cache()
         return vllm.launch(target, loopback, name, port, key, log_path(target, "vllm", tag), trust_remote_code)
     argv = local_argv(target, loopback, name, port)
     if trust_remote_code:

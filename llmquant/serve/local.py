@@ -241,7 +241,7 @@ class Server:
     def completion_ids(self, req: CompletionRequest) -> list[int]:
         p = req.single_prompt()
         if isinstance(p, list):
-            vocab = len(self.decoder.tokenizer)
+            vocab = self.decoder.vocab
             if any(not 0 <= t < vocab for t in p):
                 raise ApiError(400, f"prompt: token ids must be in [0, {vocab})", param="prompt", code="invalid_value")
             return list(p)

@@ -101,6 +101,7 @@ class Decoder:
         self.eos = eos_ids(model, tokenizer)
         self._kw = cache_kwarg(model)
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
+        self.vocab = model.get_input_embeddings().num_embeddings  # token ids a prompt may hold
 
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> tuple[Tensor, Any]:

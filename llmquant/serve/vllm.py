@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import re
 import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from ..errors import UserError
 from ..recipe import ServeSpec, VllmServeSpec
@@ -139,7 +142,35 @@ def build_argv(target: ServeTarget, serve: ServeSpec, max_model_len: int | None,
     return argv, notes
 
 
+def _nvml_gpus() -> list[GpuMemory] | None:
+    """Memory of the visible GPUs from NVML (a vLLM dependency), without creating a CUDA context in
+    this process (one would hold ~0.5 GiB of the GPU while vLLM runs beside it)."""
+    try:
+        import pynvml
+    except ImportError:
+        return None
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        pynvml.nvmlInit()
+        try:
+            ids = list(range(pynvml.nvmlDeviceGetCount()))
+            if visible is not None:
+                ids = [int(x) for x in visible.split(",") if x.strip()]
+            out = []
+            for i in ids:
+                mem = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i))
+                out.append(GpuMemory(total=int(mem.total), free=int(mem.free)))
+            return out
+        finally:
+            pynvml.nvmlShutdown()
+    except (ValueError, pynvml.NVMLError):  # UUIDs in CUDA_VISIBLE_DEVICES, no driver, ...
+        return None
+
+
 def visible_gpus() -> list[GpuMemory]:
+    gpus = _nvml_gpus()
+    if gpus is not None:
+        return gpus
     import torch
 
     if not torch.cuda.is_available():
@@ -200,13 +231,50 @@ def prepare(target: ServeTarget, serve: ServeSpec, model_name: str, port: int, a
     return VllmLaunch(argv, env, plan, notes)
 
 
+_SUGGESTED = re.compile(r"estimated maximum model length is ([\d,]+)")
+
+
+def suggested_max_model_len(log_text: str) -> int | None:
+    """The context vLLM says would fit, from its refusal to start ("... the estimated maximum model
+    length is 32768. Try increasing `gpu_memory_utilization` or decreasing `max_model_len` ...")."""
+    m = _SUGGESTED.search(log_text)
+    return int(m.group(1).replace(",", "")) // 16 * 16 if m else None
+
+
+class VllmServer(ManagedServer):
+    """`vllm serve` in a child process. When the fit check chose max_model_len and vLLM's own
+    profile finds less room (our activation margin is an estimate), it retries once with the
+    length vLLM says fits."""
+
+    def __init__(self, *a, relaunch: Callable[[int], list[str]] | None = None, **kw):
+        super().__init__(*a, **kw)
+        self.relaunch = relaunch
+
+    def wait_ready(self, poll_s: float = 0.5) -> None:
+        try:
+            super().wait_ready(poll_s)
+        except UserError:
+            n = suggested_max_model_len("\n".join(self._tail))
+            if self.relaunch is None or not n:
+                raise
+            log.warning("vllm: max_model_len did not fit after vLLM's profiling; retrying with %d", n)
+            self.argv, self.relaunch = self.relaunch(n), None
+            self.start()
+            super().wait_ready(poll_s)
+
+
 def launch(target: ServeTarget, serve: ServeSpec, model_name: str, port: int, api_key: str | None,
-           log_path: Path, trust_remote_code: bool = False) -> ManagedServer:
+           log_path: Path, trust_remote_code: bool = False) -> VllmServer:
     if not vllm_installed():
         raise UserError("engine vllm: vLLM is not installed here: pip install 'llmquant[vllm]' (needs a CUDA GPU); "
                         "or use --engine local")
     plan = prepare(target, serve, model_name, port, api_key, trust_remote_code)
     for note in plan.notes:
         log.info("vllm: %s", note)
-    return ManagedServer(plan.argv, log_path, serve.host, port, model_name, api_key=api_key, env=plan.env,
-                         startup_timeout=serve.vllm.startup_timeout_s, what="vllm serve")
+
+    def relaunch(n: int) -> list[str]:
+        return build_argv(target, serve, n, model_name, port, trust_remote_code)[0]
+
+    return VllmServer(plan.argv, log_path, serve.host, port, model_name, api_key=api_key, env=plan.env,
+                      startup_timeout=serve.vllm.startup_timeout_s, what="vllm serve",
+                      relaunch=relaunch if plan.plan and plan.plan.chosen else None)

@@ -1,6 +1,7 @@
 """`llmquant serve` on a run directory: what it serves, dry runs for both engines, flag errors, the
 after-run chat check and latency over HTTP through a real server process (stopped by each test)."""
 
+import importlib.util
 import json
 import shutil
 import socket
@@ -110,7 +111,7 @@ def test_bad_flags_are_one_line_errors(run_dir, args, message):
 
 
 def test_engine_and_key_resolution(monkeypatch):
-    if shutil.which("vllm") is None:
+    if importlib.util.find_spec("vllm") is None:
         assert resolve_engine("auto") == "local"
         with pytest.raises(UserError, match="vLLM is not installed"):
             resolve_engine("vllm")

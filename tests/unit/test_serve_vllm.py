@@ -181,6 +181,15 @@ def test_prepare_without_a_gpu_needs_a_size(rtn_checkpoint):
     assert launch.plan is None and launch.argv[launch.argv.index("--max-model-len") + 1] == "512"
 
 
+def test_suggested_max_model_len_from_vllms_refusal():
+    text = ("ValueError: To serve at least one request with the models's max seq len (40960), (5.62 GiB KV cache is "
+            "needed, which is larger than the available KV cache memory (4.50 GiB). Based on the available memory, "
+            "the estimated maximum model length is 32,760. Try increasing `gpu_memory_utilization` or decreasing "
+            "`max_model_len` when initializing the engine.")
+    assert vllm.suggested_max_model_len(text) == 32752  # whole 16-token blocks
+    assert vllm.suggested_max_model_len("CUDA out of memory") is None
+
+
 def test_gpus_for_planning():
     g = GpuMemory(24 * GiB, 20 * GiB)
     assert vllm.gpus_for(ServeSpec().vllm, [g]) == [g]
