@@ -126,7 +126,8 @@ def serve_foreground(target: ServeTarget, serve: ServeSpec, engine: str, key: st
         if rc:
             raise UserError(f"vllm serve exited with code {rc}: {srv.tail()} (log: {srv.log_path})")
         return
-    from .local import create_app, serve_forever
+    from .local import create_app
+    from .running import serve_forever
 
     say(f"loading {target.checkpoint} ({target.info.format}) for the built-in server")
     app = create_app(load_decoder(target, serve, trust_remote_code), local_settings(serve, name, key))

@@ -14,18 +14,18 @@ import asyncio
 import hmac
 import json
 import logging
-import threading
 import time
-from contextlib import asynccontextmanager
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable
+from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .admission import Admission, GuardedStream, Ticket
 from .openai_api import (
     ApiError, ChatRequest, CompletionRequest, chat_body, chat_chunk, completion_body, model_card, new_id, usage,
     usage_chunk, validation_error,
@@ -44,70 +44,6 @@ class LocalSettings:
     queue: int = 8  # requests that may wait while one generates
     concurrent: int = 1
     default_completion_tokens: int = 16  # OpenAI's default for /v1/completions
-
-
-# -- admission: one at a time, a bounded queue, 429 beyond it -------------------------------------
-
-
-class Admission:
-    def __init__(self, concurrent: int, queue: int):
-        self.capacity, self.concurrent = concurrent + queue, concurrent
-        self.inside = 0  # running + waiting
-        self._sem: asyncio.Semaphore | None = None
-
-    def enter(self) -> "Ticket":
-        if self.inside >= self.capacity:
-            raise ApiError(429, f"server busy: {self.inside} requests running or queued (limit {self.capacity}); "
-                                "retry later", code="queue_full", headers={"Retry-After": "1"})
-        self.inside += 1
-        return Ticket(self)
-
-    @property
-    def sem(self) -> asyncio.Semaphore:
-        if self._sem is None:
-            self._sem = asyncio.Semaphore(self.concurrent)
-        return self._sem
-
-
-class Ticket:
-    """A place in the queue; `async with` waits for a slot. `release` is idempotent."""
-
-    def __init__(self, adm: Admission):
-        self.adm, self.holding, self.released = adm, False, False
-
-    async def __aenter__(self) -> "Ticket":
-        await self.adm.sem.acquire()
-        self.holding = True
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        self.release()
-
-    def release(self) -> None:
-        if self.holding:
-            self.holding = False
-            self.adm.sem.release()
-        if not self.released:
-            self.released = True
-            self.adm.inside -= 1
-
-
-class GuardedStream(StreamingResponse):
-    """A stream whose generator is closed and whose ticket is released however it ends
-    (finished, client gone, or never started)."""
-
-    def __init__(self, content: AsyncIterator[str], on_close: Callable[[], None]):
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        self._on_close = on_close
-
-    async def __call__(self, scope, receive, send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            try:
-                await self.body_iterator.aclose()  # type: ignore[union-attr]
-            finally:
-                self._on_close()
 
 
 # -- generation ------------------------------------------------------------------------------------
@@ -357,66 +293,3 @@ def create_app(decoder: Decoder, settings: LocalSettings) -> FastAPI:
     app.add_api_route("/v1/completions", srv.completions, methods=["POST"])
     app.add_api_route("/v1/chat/completions", srv.chat, methods=["POST"])
     return app
-
-
-# -- running it ------------------------------------------------------------------------------------
-
-
-def uvicorn_config(app: FastAPI, host: str, port: int, log_level: str = "warning"):
-    import uvicorn
-
-    return uvicorn.Config(app, host=host, port=port, log_level=log_level, access_log=False,
-                          timeout_graceful_shutdown=5, lifespan="on")
-
-
-def serve_forever(app: FastAPI, host: str, port: int, on_ready: Callable[[int], None] | None = None) -> None:
-    """Run in the foreground until Ctrl-C / SIGTERM (uvicorn shuts down gracefully)."""
-    import socket
-
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    server = uvicorn.Server(uvicorn_config(app, host, port))
-    if on_ready:
-        threading.Thread(target=_announce, args=(server, sock, on_ready), daemon=True).start()
-    server.run(sockets=[sock])
-
-
-def _announce(server, sock, on_ready) -> None:
-    while not server.started and not server.should_exit:
-        time.sleep(0.05)
-    if server.started:
-        on_ready(sock.getsockname()[1])
-
-
-class BackgroundServer:
-    """The app served from a thread on a loopback port the OS picks (tests, benchmarks)."""
-
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0):
-        import socket
-
-        import uvicorn
-
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((host, port))
-        self.port = self.sock.getsockname()[1]
-        self.base_url = f"http://{host}:{self.port}"
-        self.server = uvicorn.Server(uvicorn_config(app, host, self.port))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]},
-                                       name="llmquant-server", daemon=True)
-
-    def __enter__(self) -> "BackgroundServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("the server did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()

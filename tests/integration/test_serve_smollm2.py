@@ -33,7 +33,8 @@ def w8_checkpoint(tmp_path_factory):
 def test_w8_answers_a_chat_question(w8_checkpoint):
     from llmquant.formats.load import load_checkpoint
     from llmquant.serve.client import chat_once
-    from llmquant.serve.local import BackgroundServer, LocalSettings, create_app
+    from llmquant.serve.local import LocalSettings, create_app
+    from llmquant.serve.running import BackgroundServer
     from llmquant.serve.textgen import Decoder
 
     model, tok, info = load_checkpoint(w8_checkpoint)

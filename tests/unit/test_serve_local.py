@@ -14,7 +14,8 @@ import torch
 
 from llmquant.formats.load import load_checkpoint
 from llmquant.serve.client import openai_client
-from llmquant.serve.local import BackgroundServer, LocalSettings, create_app
+from llmquant.serve.local import LocalSettings, create_app
+from llmquant.serve.running import BackgroundServer
 from llmquant.serve.textgen import Decoder
 
 KEY = "test-key"
