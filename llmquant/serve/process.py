@@ -49,7 +49,7 @@ class ManagedServer:
     def start(self) -> "ManagedServer":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = dict(os.environ, PYTHONUNBUFFERED="1", **(self.env or {}))
-        log.info("starting %s: %s (log: %s)", self.what, " ".join(self.argv), self.log_path)
+        log.debug("starting %s: %s (log: %s)", self.what, " ".join(self.argv), self.log_path)
         try:
             # own process group: a Ctrl-C in the terminal reaches us, and we stop it in order
             self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
