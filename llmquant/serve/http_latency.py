@@ -44,7 +44,8 @@ def stream_once(client, model: str, prompt: list[int], max_tokens: int) -> Strea
     n = None
     for chunk in stream:
         now = time.perf_counter()
-        if chunk.choices:
+        # a token's chunk; not a closing chunk that only carries finish_reason (some engines send one)
+        if chunk.choices and (chunk.choices[0].text or chunk.choices[0].finish_reason is None):
             stamps.append(now)
         if chunk.usage is not None:
             n = chunk.usage.completion_tokens
