@@ -25,6 +25,7 @@ from ..eval.latency import LatencyResult, percentile
 from ..progress import NULL_PROGRESS, Progress
 
 log = logging.getLogger("llmquant")
+clock = time.perf_counter  # (a test replaces it)
 
 
 @dataclass(frozen=True)
@@ -36,14 +37,14 @@ class StreamTiming:
 
 
 def stream_once(client, model: str, prompt: list[int], max_tokens: int) -> StreamTiming:
-    t0 = time.perf_counter()
+    t0 = clock()
     stream = client.completions.create(model=model, prompt=prompt, max_tokens=max_tokens, temperature=0,
                                        stream=True, stream_options={"include_usage": True},
                                        extra_body={"ignore_eos": True})
     stamps: list[float] = []
     n = None
     for chunk in stream:
-        now = time.perf_counter()
+        now = clock()
         # a token's chunk; not a closing chunk that only carries finish_reason (some engines send one)
         if chunk.choices and (chunk.choices[0].text or chunk.choices[0].finish_reason is None):
             stamps.append(now)
