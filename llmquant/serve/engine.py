@@ -19,6 +19,14 @@ from .process import ManagedServer, free_port
 log = logging.getLogger("llmquant")
 
 API_KEY_ENV = "LLMQUANT_API_KEY"
+FOREGROUND_NEEDS = {"vllm": ("httpx",), "local": ("fastapi", "uvicorn")}
+
+
+def require(*modules: str) -> None:
+    """The serve extra's packages, with a pip hint when one is missing (as transformers' quantizers do)."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    if missing:
+        raise UserError(f"serving needs {', '.join(missing)}: pip install 'llmquant[serve]'")
 
 
 def cuda_available() -> bool:
@@ -111,6 +119,7 @@ def serve_foreground(target: ServeTarget, serve: ServeSpec, engine: str, key: st
                      trust_remote_code: bool = False, say: Callable[[str], None] = log.info) -> None:
     """Serve until Ctrl-C (KeyboardInterrupt comes back to the caller once the server is down)."""
     name = serve.model_name or target.name
+    require(*FOREGROUND_NEEDS[engine])
     if engine == "vllm":
         from . import vllm
 
@@ -146,6 +155,7 @@ def local_argv(target: ServeTarget, serve: ServeSpec, name: str, port: int) -> l
 def start_background(target: ServeTarget, serve: ServeSpec, engine: str, key: str | None = None,
                      trust_remote_code: bool = False, tag: str = "serve") -> ManagedServer:
     """A server in a child process on a free loopback port; use it as a context manager."""
+    require(*FOREGROUND_NEEDS[engine], "httpx", "openai")  # we wait for it and talk to it
     name = serve.model_name or target.name
     port = free_port()
     loopback = serve.model_copy(update={"host": "127.0.0.1", "port": port})

@@ -14,7 +14,7 @@ from llmquant.cli import app
 from llmquant.errors import UserError
 from llmquant.recipe import ServeSpec, load_recipe
 from llmquant.serve.artifact import resolve_target
-from llmquant.serve.engine import api_key, resolve_engine, start_background
+from llmquant.serve.engine import api_key, require, resolve_engine, start_background
 
 runner = CliRunner()
 
@@ -124,6 +124,8 @@ def test_engine_and_key_resolution(monkeypatch):
     monkeypatch.setenv("LLMQUANT_API_KEY", "from-env")
     assert api_key(spec) == "from-env" and api_key(spec, "flag") == "flag"
     assert api_key(ServeSpec()) == "from-env"
+    with pytest.raises(UserError, match=r"serving needs no_such_pkg_x: pip install 'llmquant\[serve\]'"):
+        require("fastapi", "no_such_pkg_x")
 
 
 def greedy_chat_reference(path, message, max_tokens):
