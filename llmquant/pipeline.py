@@ -139,6 +139,16 @@ def report_check(label: str, result: EvalResult, progress: Progress) -> None:
                          f"{c['tolerance_pct']} %: both are recorded in results.json")
 
 
+def latency_job(recipe: Recipe) -> dict | None:
+    """The latency set-up an EvalJob carries; with `via: server`, also the serve engine's settings."""
+    lat = recipe.eval.latency
+    if not lat.enabled:
+        return None
+    if lat.via == "in_process":
+        return lat.model_dump(exclude={"via"})  # as before `via` existed: cached results stay valid
+    return lat.model_dump() | {"serve": recipe.serve.model_dump(mode="json", include={"engine", "local", "vllm"})}
+
+
 def build_calibration(recipe: Recipe, rd: RunDir, tokenizer, model_hash: str, progress: Progress) -> CalibrationSet | None:
     spec = recipe.calibration
     if spec is None or not any(METHODS[v.method].needs_calibration for v in recipe.variants):
@@ -197,7 +207,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             corpus_sha256=corpus.sha256, seqlen=ev.seqlen, max_windows=ev.max_windows,
             batch_size=ev.batch_size, dtype=resolve_dtype(recipe.model.dtype, device), device=device,
             check_windows=ev.check_windows, check_tolerance_pct=ev.check_tolerance_pct,
-            latency=ev.latency.model_dump() if ev.latency.enabled else None,
+            latency=latency_job(recipe),
             trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol,
         )
 

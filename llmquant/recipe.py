@@ -94,6 +94,9 @@ class LatencySpec(Strict):
     repeats: int = Field(5, ge=1)
     warmup: int = Field(1, ge=0)
     prompts: list[str] | None = None
+    via: Literal["in_process", "server"] = Field(
+        "in_process", description="in_process: the model called directly; server: through the OpenAI streaming "
+                                  "API of the serve engine (serve.engine), the same code for GPU and CPU")
 
 
 ProtocolName = Literal["gptq-paper", "lm-eval-word", "llama-cpp"]
@@ -198,6 +201,63 @@ class OutputSpec(Strict):
     board: str | None = Field(None, description="leaderboard SQLite file; default the user data dir")
 
 
+class LocalServeSpec(Strict):
+    """The built-in OpenAI-compatible server (CPU, or any device torch has)."""
+
+    dtype: Dtype = "float32"
+    device: Device = "auto"
+    max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
+    queue: int = Field(8, ge=0, description="requests that may wait while one generates; more get 429")
+
+
+class VllmServeSpec(Strict):
+    """`vllm serve` options. Unset values are chosen by the fit check or left to vLLM."""
+
+    max_model_len: int | None = Field(None, ge=16, description="context length; default: the largest that fits")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1)
+    tensor_parallel_size: int = Field(1, ge=1)
+    pipeline_parallel_size: int = Field(1, ge=1)
+    distributed_executor_backend: Literal["mp", "ray"] | None = Field(
+        None, description="ray to span machines (start the Ray cluster first); default: vLLM's choice")
+    max_num_seqs: int | None = Field(None, ge=1)
+    max_num_batched_tokens: int | None = Field(None, ge=16)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    dtype: Literal["auto", "half", "float16", "bfloat16", "float", "float32"] = "auto"
+    quantization: Literal["bitsandbytes"] | None = Field(
+        None, description="quantize a dense checkpoint while loading (in-flight bitsandbytes)")
+    enforce_eager: bool = False
+    fit_check: bool = Field(True, description="refuse to launch when weights + KV cache cannot fit")
+    gpu_memory_gib: float | None = Field(
+        None, gt=0, description="memory of each GPU, for the fit check where this machine cannot see them "
+                                "(Ray across machines, or planning on a machine without a GPU)")
+    overhead_gib: float | None = Field(
+        None, ge=0, description="activation + CUDA context reserve per GPU; default: estimated from the model")
+    startup_timeout_s: float = Field(900, gt=0)
+    extra_args: list[str] = Field([], description="passed to `vllm serve` as they are")
+
+
+class ServeSpec(Strict):
+    """Serving the winner: vLLM on a GPU, the built-in server elsewhere."""
+
+    after_run: Literal["none", "check", "serve"] = Field(
+        "none", description="check: start the server, answer one chat request, stop; serve: keep serving (Ctrl-C)")
+    engine: Literal["auto", "vllm", "local"] = "auto"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    model_name: str | None = Field(None, description="the name clients ask for; default: the variant's name")
+    api_key_env: str | None = Field(
+        None, description="environment variable holding the API key clients must send (never the key itself)")
+    check_message: str = "Say hello in one short sentence."
+    local: LocalServeSpec = LocalServeSpec()
+    vllm: VllmServeSpec = VllmServeSpec()
+
+    @field_validator("after_run", mode="before")
+    @classmethod
+    def _bool(cls, v: Any) -> Any:
+        return {True: "serve", False: "none"}.get(v, v) if isinstance(v, bool) else v
+
+
 class Recipe(Strict):
     name: str | None = None
     description: str | None = None
@@ -207,6 +267,7 @@ class Recipe(Strict):
     variants: list[Variant] = []
     select: SelectSpec = SelectSpec()
     output: OutputSpec = OutputSpec()
+    serve: ServeSpec = ServeSpec()
 
     _path: Path | None = PrivateAttr(None)
 

@@ -61,8 +61,13 @@ def latency_setup(latency: dict | None) -> str:
     if latency is None:
         return "none"
     prompts = f"{len(latency['prompts'])} given prompts" if latency.get("prompts") else f"prompt {latency.get('prompt_tokens', 128)}"
+    via = ""
+    if latency.get("via") == "server":
+        from ..serve.engine import resolve_engine
+
+        via = f", over HTTP ({resolve_engine((latency.get('serve') or {}).get('engine', 'auto'))} engine)"
     return (f"{prompts}, decode {latency.get('decode_tokens', 32)}, {latency.get('repeats', 5)} runs "
-            f"after {latency.get('warmup', 1)} warm-up, batch 1")
+            f"after {latency.get('warmup', 1)} warm-up, batch 1{via}")
 
 
 def protocol_for(job: EvalJob, tokens: torch.Tensor | Tensors, device: str) -> Protocol:
@@ -144,14 +149,24 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
     ppl = score(job.protocol, model, tensors, job.seqlen, job.max_windows, job.batch_size, device, progress)
     t_ppl = time.perf_counter() - t1
     lat = None
+    weights_bytes = resident_bytes(model)
     if job.latency is not None:
         prompts = latency_prompts(job, ids, tokenizer)
-        lat = measure_latency(model, prompts, job.latency.get("decode_tokens", 32),
-                              job.latency.get("warmup", 1), progress)
+        if job.latency.get("via") == "server":  # the serve engine loads the checkpoint itself
+            from ..serve.http_latency import latency_via_server
+
+            del model
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            lat = latency_via_server(Path(job.checkpoint), prompts, job.latency, job.dtype, device,
+                                     job.trust_remote_code, progress)
+        else:
+            lat = measure_latency(model, prompts, job.latency.get("decode_tokens", 32),
+                                  job.latency.get("warmup", 1), progress)
     assert (protocol.windows, protocol.tokens_scored, protocol.words) == (ppl.windows, ppl.tokens_scored, ppl.words)
     return EvalResult(
         ppl=ppl.ppl, nll_sum=ppl.nll_sum, protocol=protocol, size_bytes=info.size_bytes,
-        weights_bytes=resident_bytes(model), peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
+        weights_bytes=weights_bytes, peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
         latency=lat,
         seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0,
                  "scored_tokens_per_s": ppl.tokens_scored / t_ppl if t_ppl > 0 else None},

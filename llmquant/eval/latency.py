@@ -26,6 +26,8 @@ class LatencyResult:
     decode_tokens: int
     decode_tok_s: float
     runs: int
+    itl_ms_median: float | None = None  # inter-token latency; measured over HTTP (serve/http_latency.py)
+    itl_ms_p90: float | None = None
 
 
 def percentile(values: list[float], q: float) -> float:
