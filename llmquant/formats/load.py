@@ -52,6 +52,11 @@ class Reader:
 READERS: dict[str, Reader] = {
     "gptq": Reader("GPTQ v1 (AutoGPTQ, GPTQModel, llmquant) and GPTQModel v2",
                    layers="llmquant.formats.gptq_v1:read_layers"),
+    "awq": Reader("AWQ GEMM (AutoAWQ, GPTQModel)", layers="llmquant.formats.awq_gemm:read_layers"),
+    "compressed-tensors": Reader("compressed-tensors pack-quantized W4A16/W8A16 (llm-compressor)",
+                                 layers="llmquant.formats.compressed_tensors:read_layers"),
+    "bitsandbytes": Reader("bitsandbytes LLM.int8 / NF4 / FP4 (transformers)",
+                           load="llmquant.formats.bnb:load"),
 }
 
 
@@ -101,11 +106,11 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
             f"{path}: quantization_config.quant_method {method!r} is not supported; "
             f"supported: {', '.join(sorted(READERS))} and unquantized checkpoints"
         )
-    fmt = method
-    if method == "gptq":
-        fmt = "gptq-v2" if qc.get("checkpoint_format") == "gptq_v2" else "gptq-v1"
-    return CheckpointInfo(path, fmt, method, bits=qc.get("bits"), group_size=qc.get("group_size"),
-                          sym=qc.get("sym"), desc_act=qc.get("desc_act"), quant_config=qc, size_bytes=size)
+    from .detect import summarize
+
+    q = summarize(method, qc)
+    return CheckpointInfo(path, q.format, method, bits=q.bits, group_size=q.group_size,
+                          sym=q.sym, desc_act=q.desc_act, quant_config=qc, size_bytes=size)
 
 
 def empty_model(path: Path, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
