@@ -97,7 +97,7 @@ def latency_prompts(job: EvalJob, ids: torch.Tensor, tokenizer) -> list[torch.Te
 
 
 def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolated: bool = False) -> EvalResult:
-    from ..formats.load import load_checkpoint
+    from ..formats.load import compute_note, extra_resident_bytes, load_checkpoint
 
     set_threads()
     device = pick_device(job.device)
@@ -119,11 +119,11 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
     assert (protocol.windows, protocol.tokens_scored) == (ppl.windows, ppl.tokens_scored)
     return EvalResult(
         ppl=ppl.ppl, nll_sum=ppl.nll_sum, protocol=protocol, size_bytes=info.size_bytes,
-        weights_bytes=resident_bytes(model), peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
+        weights_bytes=resident_bytes(model) + extra_resident_bytes(model, info), peak_rss_bytes=peak_rss_bytes(), isolated=isolated,
         latency=lat,
         seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0},
         env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-             "machine": platform.machine(), "format": info.format},
+             "machine": platform.machine(), "format": info.format, "compute": compute_note(info, job.dtype, device)},
     )
 
 

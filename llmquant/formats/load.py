@@ -41,7 +41,7 @@ class Reader:
 
     `layers(path, info, state) -> {module name: IntWeight}` unpacks packed layers from the
     checkpoint's tensors (popping what it consumes); the shared loader does the rest.
-    A format that needs its own whole loader names `load(path, info, dtype, trust_remote_code)`.
+    A format that needs its own whole loader names `load(path, info, dtype, trust_remote_code, device)`.
     """
 
     description: str
@@ -182,6 +182,30 @@ def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu",
 
         return load_hf_model(path, dtype, device, trust_remote_code), tok, info
     reader = READERS[info.method]
-    load = _lazy(reader.load) if reader.load else load_packed
-    model = load(path, info, torch_dtype, trust_remote_code)
+    if reader.load:
+        model = _lazy(reader.load)(path, info, torch_dtype, trust_remote_code, device)
+    else:
+        model = load_packed(path, info, torch_dtype, trust_remote_code)
     return model.to(device), tok, info
+
+
+def compute_note(info: CheckpointInfo, dtype: str, device: str = "cpu") -> str:
+    """How a checkpoint computes when evaluated in `dtype` (recorded with its result)."""
+    if info.method == "bitsandbytes":
+        from .bnb import compute_note as bnb_note
+
+        return bnb_note(info.quant_config, dtype, device)
+    if info.method == "none":
+        return f"dense weights and activations in {dtype}"
+    if info.format == "gguf":
+        return f"GGUF weights de-quantized by transformers to {dtype} at load"
+    return f"{info.format}: integer weights kept packed, dequantized to {dtype} for each matmul; activations {dtype}"
+
+
+def extra_resident_bytes(model: nn.Module, info: CheckpointInfo) -> int:
+    """Memory a format keeps outside parameters and buffers (bitsandbytes quant states)."""
+    if info.method == "bitsandbytes":
+        from .bnb import state_bytes
+
+        return state_bytes(model)
+    return 0

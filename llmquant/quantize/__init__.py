@@ -28,6 +28,12 @@ METHODS: dict[str, MethodEntry] = {
         needs_calibration=False,
         summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
     ),
+    "bnb": MethodEntry(
+        "llmquant.quantize.bnb:BnbQuantizer",
+        needs_calibration=False,
+        summary="bitsandbytes LLM.int8 / NF4 / FP4 through transformers, saved with save_pretrained",
+        loads_own_model=True,
+    ),
 }
 
 
