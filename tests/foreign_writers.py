@@ -96,12 +96,12 @@ def _base(model_dir: Path):
 
 
 def _write(model_dir: Path, out: Path, model, tensors: dict[str, torch.Tensor], qc: dict,
-           extra_files: dict[str, dict] | None = None) -> None:
+           extra_files: dict[str, dict] | None = None, dtype: str = "float16") -> None:
     out.mkdir(parents=True)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"), metadata={"format": "pt"})
     cfg = json.loads((model_dir / "config.json").read_text())
     cfg["quantization_config"] = qc
-    cfg["torch_dtype"] = "float16"
+    cfg["dtype"] = cfg["torch_dtype"] = dtype  # the dtype the tool says the model runs in
     (out / "config.json").write_text(json.dumps(cfg, indent=2))
     for f in model_dir.iterdir():
         if f.name.startswith(("tokenizer", "special_tokens", "generation_config")):
@@ -193,8 +193,9 @@ def awq_pack_row(values: np.ndarray) -> np.ndarray:
 
 
 def write_awq(model_dir: Path, out: Path, group_size: int = 32, zero_point: bool = True,
-              version: str = "gemm", skip: tuple[str, ...] = ()):
-    """An AutoAWQ GEMM checkpoint: 4-bit, qweight [in, out/8] and qzeros [in/g, out/8] in AWQ's order."""
+              version: str = "gemm", skip: tuple[str, ...] = (), dtype: str = "float16"):
+    """An AutoAWQ GEMM checkpoint: 4-bit, qweight [in, out/8] and qzeros [in/g, out/8] in AWQ's order.
+    version "gemv" writes GEMV-shaped tensors instead (qweight [out, in/8], scales [out, groups])."""
     model = _base(model_dir)
     targets = _targets(model, lambda n: None if any(s in n for s in skip) else (4, group_size, not zero_point))
     tensors = _dense_state(model, set(targets))
@@ -203,6 +204,11 @@ def write_awq(model_dir: Path, out: Path, group_size: int = 32, zero_point: bool
         w = model.get_submodule(name).weight.detach()
         g = rtn(w, 4, group_size, sym=not zero_point)
         grids[name] = g
+        if version == "gemv":  # only the shapes matter: nothing reads GEMV values
+            tensors[f"{name}.qweight"] = as_int32(pack_stream(g.q.t().numpy(), 4).T)
+            tensors[f"{name}.qzeros"] = as_int32(pack_stream(g.zeros.long().numpy(), 4).T)
+            tensors[f"{name}.scales"] = g.scales.t().half()
+            continue
         qT = g.q.t().numpy()  # [in, out]
         tensors[f"{name}.qweight"] = as_int32(np.stack([awq_pack_row(r) for r in qT]))
         if zero_point:
@@ -212,7 +218,7 @@ def write_awq(model_dir: Path, out: Path, group_size: int = 32, zero_point: bool
           "version": version, "modules_to_not_convert": list(skip) or None}
     _write(model_dir, out, model, tensors, qc,
            {"quant_config.json": {"w_bit": 4, "q_group_size": group_size, "zero_point": zero_point,
-                                  "version": version.upper()}})
+                                  "version": version.upper()}}, dtype=dtype)
     return out, _reference(model, grids)
 
 
