@@ -199,7 +199,7 @@ def compute_note(info: CheckpointInfo, dtype: str, device: str = "cpu") -> str:
         return f"dense weights and activations in {dtype}"
     if info.format == "gguf":
         return f"GGUF weights de-quantized by transformers to {dtype} at load"
-    return f"{info.format}: integer weights kept packed, dequantized to {dtype} for each matmul; activations {dtype}"
+    return f"{info.format}: integer weights kept in memory, dequantized to {dtype} for each matmul; activations {dtype}"
 
 
 def extra_resident_bytes(model: nn.Module, info: CheckpointInfo) -> int:

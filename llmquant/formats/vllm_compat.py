@@ -342,8 +342,8 @@ def vllm_verdict(method: str, fmt: str, qc: dict, quantized: list[ModuleQuant], 
     verdict = fn(qc, fmt, quantized, model_dtype, tp, sm)
     verdict.findings += fused_findings(quantized, dense)
     if tp > 1:
-        uneven = [m for m in quantized + dense
-                  if (m.in_features if _leaf(m.name) in ROW_PARALLEL else m.out_features) % tp]
+        uneven = [m for m in quantized + dense if _leaf(m.name) != "lm_head"  # the vocab is padded
+                  and (m.in_features if _leaf(m.name) in ROW_PARALLEL else m.out_features) % tp]
         if uneven:
             verdict.findings.append(Finding("tp-uneven", "blocker", f"tensor parallel {tp} does not split "
                                             f"{_compact(uneven)} evenly", _names(uneven)))

@@ -237,3 +237,17 @@ def test_missing_bitsandbytes_is_a_user_error(monkeypatch, tmp_path, bnb_ckpts):
     with pytest.raises(UserError, match=r"needs the bitsandbytes package: pip install 'llmquant\[bnb\]'"):
         load_checkpoint(bnb_ckpts["int8"][0], "float32", "cpu")
     assert inspect_checkpoint(bnb_ckpts["int8"][0]).method == "bitsandbytes"
+
+
+def test_preflight_names_the_missing_package(monkeypatch, tmp_path):
+    import importlib.util
+
+    from llmquant.preflight import check_packages
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == "bitsandbytes" else real(n, *a))
+    r = parse_recipe({"model": {"source": "x"}, "eval": {"dataset": "builtin:pydoc"},
+                      "variants": [{"name": "a", "method": "rtn"}, {"name": "b", "method": "bnb"}]}, tmp_path / "r.yaml")
+    with pytest.raises(UserError, match=r"r.yaml: variants\[1\].method: 'bnb' needs bitsandbytes: "
+                                         r"pip install 'llmquant\[bnb\]'"):
+        check_packages(r)
