@@ -251,3 +251,23 @@ def test_preflight_names_the_missing_package(monkeypatch, tmp_path):
     with pytest.raises(UserError, match=r"r.yaml: variants\[1\].method: 'bnb' needs bitsandbytes: "
                                          r"pip install 'llmquant\[bnb\]'"):
         check_packages(r)
+
+
+def test_inspect_bnb_checkpoints(bnb_ckpts, tmp_path):
+    import shutil
+
+    from llmquant.inspect import inspect_path
+
+    r8 = inspect_path(bnb_ckpts["int8"][0])
+    assert (r8.format, r8.bits, r8.n_quantized, r8.vllm.quantization) == ("bnb-int8", [8], 21, "bitsandbytes")
+    assert r8.vllm.servable and r8.quantized[0]["group_size"] is None
+    r4 = inspect_path(bnb_ckpts["nf4"][0])
+    assert (r4.format, r4.bits, r4.group_sizes, r4.n_quantized) == ("bnb-nf4", [4], [64], 21)
+    assert {q["modules"]: q["shape"] for q in r4.quantized}["model.layers.*.mlp.down_proj"] == [64, 128]
+    odd = tmp_path / "odd"
+    shutil.copytree(bnb_ckpts["nf4"][0], odd)
+    cfg = json.loads((odd / "config.json").read_text())
+    cfg["quantization_config"]["bnb_4bit_quant_storage"] = "float16"
+    (odd / "config.json").write_text(json.dumps(cfg))
+    r = inspect_path(odd)
+    assert not r.vllm.servable and "accepts uint8 only" in {f.code: f for f in r.vllm.findings}["bnb-quant-storage"].reason
