@@ -72,6 +72,15 @@ def protocol_for(job: EvalJob, ids: torch.Tensor, device: str) -> Protocol:
 
 
 def peak_rss_bytes() -> int:
+    # Linux: VmHWM is this process image's own peak. ru_maxrss is not: it survives execve, so a
+    # worker started from a big parent reports the parent's resident size at fork time.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     # ru_maxrss is in KiB on Linux, bytes on macOS
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
