@@ -11,7 +11,8 @@ compare:
                    token except columns >= threshold) -- the activation quantization itself
   bnb-int8         the real thing: method bnb, mode int8, saved and reloaded by llmquant
   bnb-int8-t0      threshold 0: no outlier columns kept in floating point
-Also counts how many input columns LLM.int8 keeps in floating point per layer.
+Also counts how many input columns LLM.int8 keeps in floating point per layer; with --nf4,
+NF4 as evaluated (bitsandbytes' bf16 CPU kernel on AVX512-BF16 machines) and with fp32 matmuls.
 
   python bench/bnb_int8_gap.py --base runs/smollm2-bnb/base-model \
       --tokens runs/smollm2-bnb/cache/eval-tokens.safetensors --out bench/results/bnb_int8_gap.json
@@ -96,6 +97,26 @@ def int8_emulated(threshold: float, stats: dict):
     return make
 
 
+def outlier_share(model, ids, seqlen: int, windows: int, thresholds: list[float]) -> dict[str, float]:
+    """Share of Linear input columns LLM.int8 keeps in floating point, per threshold (dense model)."""
+    counts = {t: 0 for t in thresholds}
+    total = [0]
+
+    def hook(_mod, args):
+        a = args[0].reshape(-1, args[0].shape[-1]).half().float()
+        total[0] += a.shape[1]
+        for t in thresholds:
+            counts[t] += int((a.abs() >= t).any(0).sum()) if t > 0 else 0
+
+    handles = [m.register_forward_pre_hook(hook) for _, m in linears(model)]
+    with torch.no_grad():
+        for w in range(windows):
+            model(ids[:, w * seqlen:(w + 1) * seqlen])
+    for h in handles:
+        h.remove()
+    return {f"{t:g}": counts[t] / total[0] for t in thresholds}
+
+
 def ppl(model, ids, seqlen, windows) -> float:
     from llmquant.eval.perplexity import perplexity
 
@@ -111,6 +132,10 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/bnb_int8_gap"))
     ap.add_argument("--out", type=Path)
     ap.add_argument("--only", nargs="*", help="measure only these rows")
+    ap.add_argument("--thresholds", nargs="*", type=float, default=[],
+                    help="also measure bnb LLM.int8 at these thresholds (rows bnb-int8-t<T>)")
+    ap.add_argument("--nf4", action="store_true",
+                    help="also measure NF4 as evaluated (bf16 CPU kernel where available) and with fp32 matmuls")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
@@ -144,8 +169,27 @@ def main() -> None:
         "bnb-int8": lambda: bnb(6.0),
         "bnb-int8-t0": lambda: bnb(0.0),
     }
+    def nf4(fused_cpu_kernel: bool):
+        import bitsandbytes as bnb_lib
+
+        d = args.work / "nf4"
+        if not (d / "model.safetensors").exists():
+            v = BnbVariant(name="x", method="bnb", mode="nf4")
+            BnbQuantizer().quantize(None, v, None, d, QuantizeContext(tokenizer=tok, model_dir=args.base))
+        m = load_checkpoint(d, "float32", "cpu")[0]
+        for mod in m.modules():
+            if isinstance(mod, bnb_lib.nn.Linear4bit) and not fused_cpu_kernel:
+                mod.support_avx512bf16_for_cpu = False  # dequantize + fp32 matmul instead of the bf16 kernel
+        return m
+
+    if args.nf4:
+        plan["bnb-nf4"] = lambda: nf4(True)
+        plan["bnb-nf4-fp32-matmul"] = lambda: nf4(False)
+    extra = {f"bnb-int8-t{t:g}" for t in args.thresholds} | ({"bnb-nf4", "bnb-nf4-fp32-matmul"} if args.nf4 else set())
+    for t in args.thresholds:
+        plan[f"bnb-int8-t{t:g}"] = (lambda t=t: bnb(t))
     for name, build in plan.items():
-        if args.only and name not in args.only:
+        if args.only and name not in args.only and name not in extra:
             continue
         t0 = time.perf_counter()
         model = build()
@@ -160,7 +204,10 @@ def main() -> None:
     if stats.get("calls"):
         rows["int8-emulated"]["fp_columns_per_call"] = stats["cols"] / stats["calls"]
         rows["int8-emulated"]["fp_column_share"] = stats["cols"] / stats["width"]
+    shares = outlier_share(load_base(args.base, True), ids, args.seqlen, 4, sorted({6.0, 0.0, *args.thresholds}))
+    print("share of input columns kept in floating point (first 4 windows):", shares, flush=True)
     result = {"date": str(date.today()), "machine": platform.machine(), "threads": torch.get_num_threads(),
+              "fp_column_share_by_threshold": shares,
               "torch": torch.__version__, "protocol": f"wikitext-2 test, {args.windows} x {args.seqlen}, fp32",
               "rows": rows}
     print(json.dumps(result, indent=2))

@@ -23,9 +23,11 @@ def _calibration(tok, n=16, length=64):
 
 
 @pytest.mark.parametrize("desc_act,sym", [(False, True), (True, False)])
-def test_gptqmodel_checkpoint_reads_as_gptqmodel_dequantizes_it(tmp_path, tiny_model_dir, desc_act, sym):
+def test_gptqmodel_checkpoint_reads_as_gptqmodel_dequantizes_it(tmp_path, tiny_model_dir, desc_act, sym,
+                                                                 monkeypatch):
     pytest.importorskip("gptqmodel")
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    monkeypatch.chdir(tmp_path)  # GPTQModel writes its logs under ./logs
     from gptqmodel import GPTQModel, QuantizeConfig
     from transformers import AutoTokenizer
 
