@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .formats.load import CheckpointInfo, inspect_checkpoint
 from .formats.modules import ModuleQuant, checkpoint_modules
-from .formats.vllm_compat import VllmVerdict, vllm_verdict
+from .formats.vllm_compat import Finding, VllmVerdict, vllm_verdict
 from .loading import read_config_json
 
 
@@ -61,6 +61,19 @@ def model_dtype(path: Path, info: CheckpointInfo) -> str | None:
     return str(d).removeprefix("torch.") if d else None
 
 
+def head_findings(cfg: dict, tp: int) -> list[Finding]:
+    """vLLM splits attention heads across GPUs: the head count must divide evenly, and KV heads
+    must divide tp or be divisible by it (they are replicated when fewer than tp)."""
+    heads = cfg.get("num_attention_heads")
+    kv = cfg.get("num_key_value_heads") or heads
+    out = []
+    if heads and heads % tp:
+        out.append(Finding("tp-heads", "blocker", f"{heads} attention heads do not split over tensor parallel {tp}"))
+    if kv and kv % tp and tp % kv:
+        out.append(Finding("tp-kv-heads", "blocker", f"{kv} KV heads neither divide nor are divided by tensor parallel {tp}"))
+    return out
+
+
 def inspect_path(path: Path, tp: int = 1, sm: int = 80) -> InspectReport:
     path = Path(path)
     info = inspect_checkpoint(path)
@@ -70,6 +83,8 @@ def inspect_path(path: Path, tp: int = 1, sm: int = 80) -> InspectReport:
         quantized, dense = checkpoint_modules(path, info.method, info.quant_config)
     dtype = model_dtype(path, info)
     verdict = vllm_verdict(info.method, info.format, info.quant_config, quantized, dense, dtype, tp, sm)
+    if tp > 1 and info.format != "gguf":
+        verdict.findings += head_findings(read_config_json(path), tp)
     bits = sorted({m.bits for m in quantized if m.bits is not None}) or ([info.bits] if info.bits else [])
     groups = sorted({m.group_size for m in quantized if m.group_size is not None})
     notes = []

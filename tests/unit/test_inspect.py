@@ -146,3 +146,12 @@ def test_cli_json_and_strict(tmp_path, tiny_model_dir):
 def test_dense_checkpoint(tiny_model_dir, method):
     r = inspect_path(tiny_model_dir)
     assert r.method == method and r.vllm.servable and r.n_quantized == 0
+
+
+def test_tensor_parallel_head_split():
+    from llmquant.inspect import head_findings
+
+    smollm2 = {"num_attention_heads": 9, "num_key_value_heads": 3}
+    assert {f.code for f in head_findings(smollm2, 2)} == {"tp-heads", "tp-kv-heads"}
+    assert head_findings(smollm2, 3) == []
+    assert head_findings({"num_attention_heads": 32, "num_key_value_heads": 8}, 16) == []  # KV heads replicated
