@@ -226,6 +226,68 @@ def eval_cmd(
                       highlight=False)
 
 
+@app.command("inspect")
+@handle_errors
+def inspect_cmd(
+    path: Path = typer.Argument(..., help="Checkpoint directory (GPTQ, AWQ, compressed-tensors, bitsandbytes, HF) or .gguf."),
+    format: str = typer.Option("table", "--format", help="table | json"),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel size to check the per-GPU shards for."),
+    sm: int = typer.Option(80, "--sm", help="Target GPU compute capability x10 (75 T4, 80 A100, 86 RTX 30xx, 89 L4/RTX 40xx, 90 H100)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit with code 1 when vLLM cannot serve it."),
+) -> None:
+    """What a quantized checkpoint is (method, bits, group size, quantized modules, size) and
+    whether vLLM can serve it (method and kernel it picks, dtype, blockers with reasons).
+    Reads metadata and tensor headers only.
+
+    Example: `llmquant inspect ./my-awq-model --tp 2 --sm 86`
+    """
+    import json as _json
+
+    from .console import out_console
+    from .inspect import inspect_path
+
+    if format not in ("table", "json"):
+        raise UserError(f"--format: {format!r} is not allowed; use table or json")
+    if tp < 1:
+        raise UserError(f"--tp: {tp} is not allowed; use 1 or more")
+    if not 30 <= sm <= 130:
+        raise UserError(f"--sm: {sm} is not a compute capability x10; use e.g. 75, 80, 86, 89, 90")
+    report = inspect_path(path, tp=tp, sm=sm)
+    if format == "json":
+        sys.stdout.write(_json.dumps(report.to_dict(), indent=2) + "\n")
+    else:
+        print_inspect(report, out_console)
+    if strict and not report.vllm.servable:
+        raise typer.Exit(1)
+
+
+def print_inspect(r, console) -> None:
+    from rich.markup import escape
+
+    v = r.vllm
+    bits = "/".join(map(str, r.bits)) or "-"
+    groups = "/".join(map(str, r.group_sizes)) or "-"
+    console.print(f"[bold]{escape(r.path)}[/]", highlight=False)
+    console.print(f"  format {r.format} (quant_method {r.method}), {bits}-bit, group {groups}, "
+                  f"sym {r.sym}, desc_act {r.desc_act}, dtype {r.model_dtype}, size {r.size_bytes / 1e6:.1f} MB",
+                  highlight=False)
+    if r.quantized:
+        console.print(f"  quantized ({r.n_quantized} modules):", highlight=False)
+        for q in r.quantized:
+            console.print(f"    {escape(q['modules'])} x{q['count']}: {q['bits']}-bit, group {q['group_size']}, "
+                          f"sym {q['sym']}, [out, in] {q['shape']}", highlight=False)
+    if r.dense:
+        console.print(f"  left dense: {escape(', '.join(r.dense))}", highlight=False)
+    for n in r.notes:
+        console.print(f"  note: {escape(n)}", highlight=False)
+    verdict = "[green]servable[/]" if v.servable else "[bold red]not servable as is[/]"
+    console.print(f"  vLLM (tp {r.tp}, sm {r.sm / 10:.1f}): {verdict} — quantization {v.quantization}, "
+                  f"kernel {v.kernel}, activations {v.dtype}", highlight=False)
+    for f in v.findings:
+        tag = "[bold red]blocker[/]" if f.severity == "blocker" else "[yellow]warning[/]"
+        console.print(f"    {tag} {f.code}: {escape(f.reason)}", highlight=False)
+
+
 @app.command("board")
 @handle_errors
 def board_cmd(

@@ -63,7 +63,22 @@ def check_shapes(recipe: Recipe, model) -> None:
                 )
 
 
+def check_packages(recipe: Recipe) -> None:
+    """Packages a variant's method needs, before anything is loaded."""
+    import importlib.util
+
+    from .quantize import METHODS
+
+    for i, v in enumerate(recipe.variants):
+        entry = METHODS[v.method]
+        missing = [p for p in entry.requires if importlib.util.find_spec(p) is None]
+        if missing:
+            raise UserError(f"{recipe.path}: variants[{i}].method: {v.method!r} needs {', '.join(missing)}: "
+                            f"{entry.install or 'pip install ' + ' '.join(missing)}")
+
+
 def preflight(recipe: Recipe) -> PreflightReport:
+    check_packages(recipe)
     src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
     report = PreflightReport(src)
     _check_dataset(recipe, "eval")

@@ -86,6 +86,15 @@ def protocol_for(job: EvalJob, tokens: torch.Tensor | Tensors, device: str) -> P
 
 
 def peak_rss_bytes() -> int:
+    # Linux: VmHWM is this process image's own peak. ru_maxrss is not: it survives execve, so a
+    # worker started from a big parent reports the parent's resident size at fork time.
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     # ru_maxrss is in KiB on Linux, bytes on macOS
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r if sys.platform == "darwin" else r * 1024
@@ -124,7 +133,7 @@ def cast_model(model: torch.nn.Module, dtype: torch.dtype) -> None:
 
 
 def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolated: bool = False) -> EvalResult:
-    from ..formats.load import load_checkpoint
+    from ..formats.load import compute_note, extra_resident_bytes, load_checkpoint
 
     set_threads()
     device = pick_device(job.device)
@@ -149,7 +158,7 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
     ppl = score(job.protocol, model, tensors, job.seqlen, job.max_windows, job.batch_size, device, progress)
     t_ppl = time.perf_counter() - t1
     lat = None
-    weights_bytes = resident_bytes(model)
+    weights_bytes = resident_bytes(model) + extra_resident_bytes(model, info)
     if job.latency is not None:
         prompts = latency_prompts(job, ids, tokenizer)
         if job.latency.get("via") == "server":  # the serve engine loads the checkpoint itself
@@ -171,7 +180,7 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
         seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0,
                  "scored_tokens_per_s": ppl.tokens_scored / t_ppl if t_ppl > 0 else None},
         env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-             "machine": platform.machine(), "format": info.format},
+             "machine": platform.machine(), "format": info.format, "compute": compute_note(info, job.dtype, device)},
         check=check_result,
     )
 

@@ -41,7 +41,7 @@ class Reader:
 
     `layers(path, info, state) -> {module name: IntWeight}` unpacks packed layers from the
     checkpoint's tensors (popping what it consumes); the shared loader does the rest.
-    A format that needs its own whole loader names `load(path, info, dtype, trust_remote_code)`.
+    A format that needs its own whole loader names `load(path, info, dtype, trust_remote_code, device)`.
     """
 
     description: str
@@ -52,6 +52,11 @@ class Reader:
 READERS: dict[str, Reader] = {
     "gptq": Reader("GPTQ v1 (AutoGPTQ, GPTQModel, llmquant) and GPTQModel v2",
                    layers="llmquant.formats.gptq_v1:read_layers"),
+    "awq": Reader("AWQ GEMM (AutoAWQ, GPTQModel)", layers="llmquant.formats.awq_gemm:read_layers"),
+    "compressed-tensors": Reader("compressed-tensors pack-quantized W4A16/W8A16 (llm-compressor)",
+                                 layers="llmquant.formats.compressed_tensors:read_layers"),
+    "bitsandbytes": Reader("bitsandbytes LLM.int8 / NF4 / FP4 (transformers)",
+                           load="llmquant.formats.bnb:load"),
 }
 
 
@@ -101,11 +106,11 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
             f"{path}: quantization_config.quant_method {method!r} is not supported; "
             f"supported: {', '.join(sorted(READERS))} and unquantized checkpoints"
         )
-    fmt = method
-    if method == "gptq":
-        fmt = "gptq-v2" if qc.get("checkpoint_format") == "gptq_v2" else "gptq-v1"
-    return CheckpointInfo(path, fmt, method, bits=qc.get("bits"), group_size=qc.get("group_size"),
-                          sym=qc.get("sym"), desc_act=qc.get("desc_act"), quant_config=qc, size_bytes=size)
+    from .detect import summarize
+
+    q = summarize(method, qc)
+    return CheckpointInfo(path, q.format, method, bits=q.bits, group_size=q.group_size,
+                          sym=q.sym, desc_act=q.desc_act, quant_config=qc, size_bytes=size)
 
 
 def empty_model(path: Path, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
@@ -177,6 +182,30 @@ def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu",
 
         return load_hf_model(path, dtype, device, trust_remote_code), tok, info
     reader = READERS[info.method]
-    load = _lazy(reader.load) if reader.load else load_packed
-    model = load(path, info, torch_dtype, trust_remote_code)
+    if reader.load:
+        model = _lazy(reader.load)(path, info, torch_dtype, trust_remote_code, device)
+    else:
+        model = load_packed(path, info, torch_dtype, trust_remote_code)
     return model.to(device), tok, info
+
+
+def compute_note(info: CheckpointInfo, dtype: str, device: str = "cpu") -> str:
+    """How a checkpoint computes when evaluated in `dtype` (recorded with its result)."""
+    if info.method == "bitsandbytes":
+        from .bnb import compute_note as bnb_note
+
+        return bnb_note(info.quant_config, dtype, device)
+    if info.method == "none":
+        return f"dense weights and activations in {dtype}"
+    if info.format == "gguf":
+        return f"GGUF weights de-quantized by transformers to {dtype} at load"
+    return f"{info.format}: integer weights kept in memory, dequantized to {dtype} for each matmul; activations {dtype}"
+
+
+def extra_resident_bytes(model: nn.Module, info: CheckpointInfo) -> int:
+    """Memory a format keeps outside parameters and buffers (bitsandbytes quant states)."""
+    if info.method == "bitsandbytes":
+        from .bnb import state_bytes
+
+        return state_bytes(model)
+    return 0

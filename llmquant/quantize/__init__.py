@@ -20,6 +20,8 @@ class MethodEntry:
     needs_calibration: bool
     summary: str
     loads_own_model: bool = False
+    requires: tuple[str, ...] = ()  # importable packages the method needs (checked before a run)
+    install: str | None = None  # how to get them
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -27,6 +29,14 @@ METHODS: dict[str, MethodEntry] = {
         "llmquant.quantize.rtn:RTNQuantizer",
         needs_calibration=False,
         summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
+    ),
+    "bnb": MethodEntry(
+        "llmquant.quantize.bnb:BnbQuantizer",
+        needs_calibration=False,
+        summary="bitsandbytes LLM.int8 / NF4 / FP4 through transformers, saved with save_pretrained",
+        loads_own_model=True,
+        requires=("bitsandbytes",),
+        install="pip install 'llmquant[bnb]'",
     ),
 }
 
