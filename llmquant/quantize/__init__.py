@@ -28,6 +28,11 @@ METHODS: dict[str, MethodEntry] = {
         needs_calibration=False,
         summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
     ),
+    "gptq": MethodEntry(
+        "llmquant.quantize.gptq:GPTQQuantizer",
+        needs_calibration=True,
+        summary="GPTQ: calibrated layer-by-layer solve with error feedback, GPTQ v1 checkpoint",
+    ),
 }
 
 
