@@ -58,14 +58,22 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
             damp = new
 
 
-def _restore(state: dict[str, Tensor]) -> dict[str, IntWeight]:
-    names = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".qweight")})
+def _state(layers: dict[str, IntWeight]) -> dict[str, Tensor]:
+    """Resume state of solved layers: the integers unpacked (uint8, fast to write and read)."""
     out = {}
-    for n in names:
-        t = {leaf: state[f"{n}.{leaf}"] for leaf in ("qweight", "qzeros", "scales", "g_idx")}
-        bits = t["qweight"].shape[0] * 32 // t["g_idx"].numel()
-        out[n] = gptq_v1.unpack_layer(t, bits)
+    for n, w in layers.items():
+        out[f"{n}.q"] = w.q.to(torch.uint8)
+        out[f"{n}.scales"] = w.scales
+        out[f"{n}.zeros"] = w.zeros
+        out[f"{n}.g_idx"] = w.g_idx
+        out[f"{n}.bits"] = torch.tensor([w.bits], dtype=torch.int32)
     return out
+
+
+def _restore(state: dict[str, Tensor]) -> dict[str, IntWeight]:
+    names = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".q")})
+    return {n: IntWeight(q=state[f"{n}.q"].to(torch.int32), scales=state[f"{n}.scales"], zeros=state[f"{n}.zeros"],
+                         g_idx=state[f"{n}.g_idx"], bits=int(state[f"{n}.bits"][0])) for n in names}
 
 
 class GPTQHandler:
@@ -122,9 +130,9 @@ class GPTQHandler:
                 self._run.note(f"{name} out-err {out.output_error:.4f} {secs:.2f} s")
 
     def finish_block(self, run: BlockRun) -> BlockResult:
-        state = {f"{n}.{leaf}": t for n, w in self._block.items() for leaf, t in gptq_v1.pack_layer(w).items()}
-        self.layers.update(self._block)
-        return BlockResult(state, self._rows)
+        block = dict(self._block)
+        self.layers.update(block)
+        return BlockResult(lambda: _state(block), self._rows)
 
     def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
         for name, w in _restore(state).items():
