@@ -45,7 +45,8 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
     while True:
         try:
             out = gptq_quantize(W, H, s.bits, s.group_size, s.sym, desc_act=variant.desc_act,
-                                static_groups=variant.static_groups, damp_percent=damp,
+                                static_groups=variant.static_groups, act_group_aware=variant.act_group_aware,
+                                damp_percent=damp,
                                 block_size=variant.block_size)
             return out, damp
         except NotPositiveDefinite as e:
@@ -173,7 +174,8 @@ class GPTQQuantizer:
         layers = {n: handler.layers[n] for n in targets if n in handler.layers}
         qc = save_gptq_model(model, layers, variant, ctx.tokenizer, out_dir, extra_config={
             "desc_act": variant.desc_act, "static_groups": variant.static_groups,
-            "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential})
+            "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
+            "act_group_aware": variant.act_group_aware})
         if result.resumed:
             log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))

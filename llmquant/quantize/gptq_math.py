@@ -20,6 +20,9 @@ Semantics chosen here (all equal to the reference unless noted):
 - static_groups: every group's grid from the weights before any update (reference option).
 - desc_act: columns are processed by decreasing diag(H); with dynamic groups, group g holds the
   permuted columns [g*gs, (g+1)*gs), so the stored g_idx is not monotonic.
+- act_group_aware (group-aware reordering, Gafni et al., CVPRW 2025; gptqmodel's default): groups
+  keep their own columns (g_idx stays i // gs), but are processed by decreasing largest diag(H)
+  in the group, and the columns inside a group by decreasing diag(H).
 
 Output layout (what GPTQ v1 checkpoints store, see formats/gptq_v1.py): the integers stay in the
 *original* column order, and g_idx[i] names the group of input column i.
@@ -99,8 +102,20 @@ def effective_block(block_size: int, group_size: int | None, columns: int) -> in
     return min(b, columns)
 
 
+def group_aware_order(diag: Tensor, group_size: int) -> Tensor:
+    """Processing order of group-aware reordering: whole groups by decreasing max diag(H), and
+    inside each group its columns by decreasing diag(H)."""
+    n_groups = diag.numel() // group_size
+    d = diag.reshape(n_groups, group_size)
+    local = torch.argsort(d, dim=1, descending=True, stable=True)
+    order = torch.argsort(d.max(dim=1).values, descending=True, stable=True)
+    base = (order * group_size).unsqueeze(1)
+    return (base + local[order]).reshape(-1)
+
+
 def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *, desc_act: bool = False,
-                  static_groups: bool = False, damp_percent: float = 0.01, block_size: int = 128) -> GPTQOutput:
+                  static_groups: bool = False, act_group_aware: bool = False, damp_percent: float = 0.01,
+                  block_size: int = 128) -> GPTQOutput:
     """Quantize W [out, in] with the Hessian H [in, in] of its inputs.
 
     Works in float64 when W is float64 (used by tests), else float32. Raises
@@ -132,19 +147,22 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
         fixed_scale = s.reshape(n_groups, out_f).to(dtype)
         fixed_zero = z.reshape(n_groups, out_f).to(dtype)
 
+    gar = act_group_aware and not desc_act and group_size != -1
+    perm = None
     if desc_act:
         perm = torch.argsort(torch.diagonal(H), descending=True, stable=True)
+    elif gar:
+        perm = group_aware_order(torch.diagonal(H), gs)
+    if perm is not None:
         Wt = Wt[perm]
         H = H[perm][:, perm]
-    else:
-        perm = None
 
     U = inverse_cholesky_upper(H, damp_percent)
 
     # group of each processed (possibly permuted) column
     pos = torch.arange(in_f, device=W.device)
-    if fixed_scale is not None and not (group_size == -1):
-        group_of = (perm if perm is not None else pos) // gs  # static: the column's own group
+    if (fixed_scale is not None and not (group_size == -1)) or gar:
+        group_of = (perm if perm is not None else pos) // gs  # static, GAR: the column's own group
     elif group_size == -1:
         group_of = torch.zeros(in_f, dtype=torch.long, device=W.device)
     else:

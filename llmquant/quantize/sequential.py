@@ -392,14 +392,6 @@ def probe_groups(run: BlockRun, targets: dict[str, nn.Module]) -> list[InputGrou
 
     def hook(module, args, kwargs):
         calls.append((name_of[id(module)], _input_of(args, kwargs)))
-        raise_if_twice(name_of[id(module)])
-
-    seen: set[str] = set()
-
-    def raise_if_twice(name: str) -> None:
-        if name in seen:
-            raise ValueError(f"{name} is called more than once per forward; the sequential loop cannot calibrate it")
-        seen.add(name)
 
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in targets.values()]
     try:
@@ -407,6 +399,10 @@ def probe_groups(run: BlockRun, targets: dict[str, nn.Module]) -> list[InputGrou
     finally:
         for h in handles:
             h.remove()
+    seen = [n for n, _ in calls]
+    twice = sorted({n for n in seen if seen.count(n) > 1})
+    if twice:
+        raise ValueError(f"{twice[0]} is called more than once per forward; the sequential loop cannot calibrate it")
     keys: list[tuple] = []
     members: list[list[str]] = []
     for name, x in calls:

@@ -26,7 +26,7 @@ def correlated_inputs(n: int, d: int, seed: int = 0, rank: int = 6) -> torch.Ten
     return x
 
 
-def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False):
+def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False, gar=False):
     """Optimal Brain Quantization one column at a time, the way the paper derives it: an explicit
     inverse Hessian, the OBS update of the remaining weights, then Gaussian elimination of the
     quantized column from H⁻¹ — no Cholesky factor, no blocks, float64 throughout."""
@@ -40,8 +40,12 @@ def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False):
         H[i, i] = 1
         W[:, i] = 0
     order = list(range(n))
+    d = torch.diagonal(H).tolist()
     if desc_act:
-        order = torch.argsort(torch.diagonal(H), descending=True, stable=True).tolist()
+        order = sorted(range(n), key=lambda c: -d[c])
+    elif gar and gs != n:  # whole groups by their loudest column, columns inside by loudness
+        groups = sorted(range(n // gs), key=lambda g: -max(d[g * gs:(g + 1) * gs]))
+        order = [c for g in groups for c in sorted(range(g * gs, (g + 1) * gs), key=lambda c: -d[c])]
     H = H + damp * torch.diagonal(H).mean() * torch.eye(n, dtype=torch.float64)
     Hinv = torch.linalg.inv(H)
     fixed = {}
@@ -56,7 +60,7 @@ def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False):
             g = col // gs if static else 0
             s, z = fixed[g]
         else:
-            g = k // gs
+            g = col // gs if gar else k // gs
             if k % gs == 0:  # the group's grid, from the current (updated) weights of its columns
                 params[g] = grid_params(W[:, order[k:k + gs]], bits, sym)
             s, z = params[g]
@@ -79,6 +83,8 @@ CASES = [
     dict(bits=4, gs=16, sym=False, desc_act=True),
     dict(bits=4, gs=16, sym=True, desc_act=True, static=True),
     dict(bits=3, gs=32, sym=True, static=True),
+    dict(bits=4, gs=16, sym=False, gar=True),
+    dict(bits=3, gs=16, sym=True, gar=True, static=True),
 ]
 
 
@@ -93,9 +99,10 @@ def test_blocked_solution_equals_unblocked_reference(case, block):
     H[5, :] = 0
     H[:, 5] = 0  # a dead input
     ref_Q, ref_g = reference_gptq(W, H, case["bits"], case["gs"], case["sym"], 0.01,
-                                  case.get("desc_act", False), case.get("static", False))
+                                  case.get("desc_act", False), case.get("static", False), case.get("gar", False))
     out = gptq_quantize(W, H, case["bits"], case["gs"], case["sym"], desc_act=case.get("desc_act", False),
-                        static_groups=case.get("static", False), damp_percent=0.01, block_size=block)
+                        static_groups=case.get("static", False), act_group_aware=case.get("gar", False),
+                        damp_percent=0.01, block_size=block)
     assert out.dead_columns == 1
     assert out.weight.g_idx.tolist() == ref_g.tolist()
     torch.testing.assert_close(out.weight.dequantize().double(), ref_Q, rtol=0, atol=1e-9)
@@ -156,6 +163,10 @@ def test_act_order_and_static_groups_give_consistent_g_idx():
     assert sorted(act.g_idx.tolist()) == [i // 16 for i in range(64)]  # 16 columns per group
     assert act.g_idx[order].tolist() == [i // 16 for i in range(64)]  # loudest columns first
     assert act.g_idx.tolist() != plain.g_idx.tolist()
+
+    gar = gptq_quantize(W, H, 4, 16, True, act_group_aware=True).weight
+    assert gar.g_idx.tolist() == [i // 16 for i in range(64)]  # groups keep their columns
+    assert not torch.equal(gar.q, plain.q)  # but are solved in another order
 
     static = gptq_quantize(W, H, 4, 16, True, desc_act=True, static_groups=True).weight
     assert static.g_idx.tolist() == [i // 16 for i in range(64)]
