@@ -41,6 +41,8 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
             f"calibration: {name}: its inputs contain NaN or Inf (or their squares overflow float32); "
             "the model produces non-finite activations on the calibration data — check that it works in "
             "float32, or use fewer calibration.n_samples / a shorter calibration.seqlen")
+    if not torch.isfinite(W).all():
+        raise UserError(f"model: {name}: the weight contains NaN or Inf; the checkpoint is damaged or overflowed")
     damp = variant.damp_percent
     while True:
         try:
@@ -59,22 +61,9 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
             damp = new
 
 
-def _state(layers: dict[str, IntWeight]) -> dict[str, Tensor]:
-    """Resume state of solved layers: the integers unpacked (uint8, fast to write and read)."""
-    out = {}
-    for n, w in layers.items():
-        out[f"{n}.q"] = w.q.to(torch.uint8)
-        out[f"{n}.scales"] = w.scales
-        out[f"{n}.zeros"] = w.zeros
-        out[f"{n}.g_idx"] = w.g_idx
-        out[f"{n}.bits"] = torch.tensor([w.bits], dtype=torch.int32)
-    return out
-
-
-def _restore(state: dict[str, Tensor]) -> dict[str, IntWeight]:
-    names = sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".q")})
-    return {n: IntWeight(q=state[f"{n}.q"].to(torch.int32), scales=state[f"{n}.scales"], zeros=state[f"{n}.zeros"],
-                         g_idx=state[f"{n}.g_idx"], bits=int(state[f"{n}.bits"][0])) for n in names}
+def _unpack(tensors: dict[str, Tensor]) -> IntWeight:
+    bits = tensors["qweight"].shape[0] * 32 // tensors["g_idx"].numel()
+    return gptq_v1.unpack_layer(tensors, bits)
 
 
 class GPTQHandler:
@@ -82,9 +71,10 @@ class GPTQHandler:
 
     def __init__(self, model: nn.Module, variant: GPTQVariant, settings: dict[str, LayerSettings], state_key: str):
         self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
-        self.layers: dict[str, IntWeight] = {}
+        # solved layers, packed right away (GPTQ v1 tensors): 8x smaller than int32 integers
+        self.layers: dict[str, dict[str, Tensor]] = {}
         self._stats: dict[tuple[str, ...], list] = {}  # group names -> [H, n_samples, seconds]
-        self._block: dict[str, IntWeight] = {}
+        self._block: dict[str, dict[str, Tensor]] = {}
         self._rows: list[dict] = []
         self._run: BlockRun | None = None
         self.write_back = True  # replace solved weights in the model (off for a tied lm_head)
@@ -121,7 +111,7 @@ class GPTQHandler:
             if self.write_back:
                 with torch.no_grad():
                     module.weight.copy_(deq.to(module.weight.dtype))
-            self._block[name] = out.weight
+            self._block[name] = gptq_v1.pack_layer(out.weight)
             secs = time.perf_counter() - t0 + h_seconds / len(group.names)
             w_err = float((W.float().cpu() - deq).norm() / W.float().norm().clamp_min(1e-12))
             self._rows.append({"module": name, "bits": s.bits, "group_size": s.group_size,
@@ -131,16 +121,20 @@ class GPTQHandler:
                 self._run.note(f"{name} out-err {out.output_error:.4f} {secs:.2f} s")
 
     def finish_block(self, run: BlockRun) -> BlockResult:
-        block = dict(self._block)
-        self.layers.update(block)
-        return BlockResult(lambda: _state(block), self._rows)
+        self.layers.update(self._block)
+        state = {f"{n}.{leaf}": t for n, tensors in self._block.items() for leaf, t in tensors.items()}
+        return BlockResult(state, self._rows)
 
     def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
-        for name, w in _restore(state).items():
+        for name in sorted({k.rsplit(".", 1)[0] for k in state}):
+            tensors = {leaf: state[f"{name}.{leaf}"] for leaf in ("qweight", "qzeros", "scales", "g_idx")}
             module = self.model.get_submodule(name)
             with torch.no_grad():
-                module.weight.copy_(w.dequantize().to(module.weight.dtype))
-            self.layers[name] = w
+                module.weight.copy_(_unpack(tensors).dequantize().to(module.weight.dtype))
+            self.layers[name] = tensors
+
+    def int_weight(self, name: str) -> IntWeight:
+        return _unpack(self.layers[name])
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:

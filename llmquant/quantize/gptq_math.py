@@ -31,7 +31,9 @@ Output layout (what GPTQ v1 checkpoints store, see formats/gptq_v1.py): the inte
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 from torch import Tensor
@@ -90,6 +92,22 @@ def _quantize_column(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> tuple
     arithmetic as IntWeight.dequantize, so the error fed back is the error the model will see."""
     q = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
     return q, scale * (q - zero)
+
+
+@contextmanager
+def _one_thread(device: torch.device) -> Iterator[None]:
+    """The column loop is thousands of tiny ops: on a CPU, splitting each over threads costs more
+    in synchronisation than it saves (and on a busy machine every op waits for a time slice:
+    measured 10x slower), so it runs on one thread and the thread count is restored after."""
+    n = torch.get_num_threads()
+    if device.type != "cpu" or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def effective_block(block_size: int, group_size: int | None, columns: int) -> int:
@@ -184,22 +202,23 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
         Err1 = torch.empty(i2 - i1, out_f, dtype=dtype, device=W.device)
         scale = zero = None
         last_g = -1
-        for i in range(i2 - i1):
-            j = i1 + i
-            g = group_list[j]
-            if dynamic and j % gs == 0:
-                s, z = grid_params(W1[i:i + gs].t(), bits, sym)
-                scales[g] = s.to(dtype)
-                zeros[g] = z.to(dtype)
-            if g != last_g:
-                scale, zero, last_g = scales[g], zeros[g], g
-            w = W1[i]
-            q, dq = _quantize_column(w, scale, zero, maxq)
-            Qt[j] = q
-            err = (w - dq).div_(U1[i, i])
-            Err1[i] = err
-            if i + 1 < i2 - i1:
-                W1[i + 1:].addr_(U1[i, i + 1:], err, alpha=-1)
+        with _one_thread(W.device):
+            for i in range(i2 - i1):
+                j = i1 + i
+                g = group_list[j]
+                if dynamic and j % gs == 0:
+                    s, z = grid_params(W1[i:i + gs].t(), bits, sym)
+                    scales[g] = s.to(dtype)
+                    zeros[g] = z.to(dtype)
+                if g != last_g:
+                    scale, zero, last_g = scales[g], zeros[g], g
+                w = W1[i]
+                q, dq = _quantize_column(w, scale, zero, maxq)
+                Qt[j] = q
+                err = (w - dq).div_(U1[i, i])
+                Err1[i] = err
+                if i + 1 < i2 - i1:
+                    W1[i + 1:].addr_(U1[i, i + 1:], err, alpha=-1)
         if i2 < in_f:
             Wt[i2:].addmm_(U[i1:i2, i2:].t(), Err1, alpha=-1)
 
