@@ -251,3 +251,35 @@ def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_pat
     # other settings do not reuse the state
     _, other = quantize(tiny_model_dir, calib, tmp_path / "other", work_dir=work, desc_act=False)
     assert other["resumed_blocks"] == []
+
+
+def test_overrides_skip_and_other_bits(tmp_path, tiny_model_dir, calib):
+    out = tmp_path / "ckpt"
+    model, summary = quantize(tiny_model_dir, calib, out, overrides=[
+        {"pattern": r"layers\.2\.self_attn\.q_proj", "skip": True},
+        {"pattern": r"mlp\.down_proj", "bits": 8, "group_size": 64}])
+    by = {r["module"]: r for r in summary["layers"]}
+    assert "model.layers.2.self_attn.q_proj" not in by and len(by) == 20
+    assert by["model.layers.0.mlp.down_proj"]["bits"] == 8 and by["model.layers.0.mlp.up_proj"]["bits"] == 4
+    assert by["model.layers.0.mlp.down_proj"]["output_error"] < by["model.layers.0.mlp.up_proj"]["output_error"]
+    loaded, _, _ = load_checkpoint(out, "float32", "cpu")
+    assert isinstance(loaded.model.layers[2].self_attn.q_proj, torch.nn.Linear)
+    assert loaded.model.layers[1].mlp.down_proj.bits == 8
+    x = calib[0].input_ids[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_quantized_lm_head_calibrates_on_the_final_norm(tmp_path, tiny_model_untied_dir, calib):
+    from llmquant.formats.qlinear import QuantLinear
+
+    out = tmp_path / "ckpt"
+    model, summary = quantize(tiny_model_untied_dir, calib, out, bits=8, quantize_lm_head=True)
+    head = summary["layers"][-1]
+    assert head["module"] == "lm_head" and 0 < head["output_error"] < 0.05
+    loaded, _, _ = load_checkpoint(out, "float32", "cpu")
+    assert isinstance(loaded.lm_head, QuantLinear)
+    x = calib[0].input_ids[:2]
+    with torch.no_grad():  # 8-bit head: logits stay close to those of the quantized blocks + float head
+        diff = (loaded(x).logits - model(x).logits).abs().max()
+    assert 0 < diff < 0.05
