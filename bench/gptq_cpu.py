@@ -83,6 +83,27 @@ def machine() -> str:
 # -- worker: our quantizer (runs in its own process) ------------------------------------------
 
 
+class PrintProgress:
+    """Block-level progress on stderr (the worker's log), with elapsed seconds."""
+
+    def __init__(self):
+        self.t0 = time.perf_counter()
+
+    def task(self, description: str, total):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def cm():
+            def advance(n: int = 1, note: str | None = None) -> None:
+                if n and note:
+                    print(f"[{time.perf_counter() - self.t0:7.1f} s] {description}: {note}", file=sys.stderr, flush=True)
+            yield advance
+        return cm()
+
+    def message(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+
 def worker_ours(a: argparse.Namespace) -> dict:
     import torch
     from safetensors.torch import load_file
@@ -104,7 +125,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     with RssSampler() as mem:
         t0 = time.perf_counter()
         summary = GPTQQuantizer().quantize(model, variant, CalibrationSet(ids, "bench"), Path(a.out),
-                                           QuantizeContext(device="cpu", tokenizer=tok))
+                                           QuantizeContext(device="cpu", tokenizer=tok, progress=PrintProgress()))
         quantize_s = time.perf_counter() - t0
     per_module = {}
     for row in summary["layers"]:
