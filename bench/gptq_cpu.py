@@ -218,6 +218,9 @@ def main() -> None:
         common.append("--desc-act")
     rows: list[dict] = []
 
+    def report() -> None:  # rewritten after every row, so an interrupted bench keeps what it measured
+        write_report(a, rows, started, load_before, loadavg())
+
     ppl_base = evaluate(base, a.eval_windows)
     rows.append({"tool": "fp32 baseline", "ppl": ppl_base})
     if not a.skip_ours:
@@ -228,6 +231,7 @@ def main() -> None:
         if "error" not in r:
             r["ppl"] = evaluate(out, a.eval_windows)
         rows.append(r | {"tool": r.get("tool", "llmquant gptq")})
+        report()
     if not a.skip_peer:
         if not a.peer_python.exists():
             rows.append({"tool": "gptqmodel 7.6", "error": f"{a.peer_python} not found (peer venv not set up)"})
@@ -239,7 +243,7 @@ def main() -> None:
             if "error" not in r:
                 r["ppl"] = evaluate(out, a.eval_windows)
             rows.append(r | {"tool": r.get("tool", "gptqmodel")})
-    write_report(a, rows, started, load_before, loadavg())
+    report()
 
 
 def write_report(a, rows: list[dict], started: dt.datetime, load_before: str, load_after: str) -> None:
@@ -280,8 +284,7 @@ def write_report(a, rows: list[dict], started: dt.datetime, load_before: str, lo
     a.results.mkdir(parents=True, exist_ok=True)
     path = a.results / f"gptq_cpu-{started:%Y%m%d-%H%M}-w{a.bits}g{a.group_size}-{a.n_samples}x{a.seqlen}.md"
     path.write_text("\n".join(lines))
-    print("\n".join(lines[:20 + len(rows)]))
-    print(f"written to {path}")
+    print(f"written to {path}", flush=True)
 
 
 if __name__ == "__main__":
