@@ -124,14 +124,17 @@ def worker_ours(a: argparse.Namespace) -> dict:
                           damp_percent=0.01, desc_act=a.desc_act, true_sequential=True)
     with RssSampler() as mem:
         t0 = time.perf_counter()
-        summary = GPTQQuantizer().quantize(model, variant, CalibrationSet(ids, "bench"), Path(a.out),
+        quantizer = GPTQQuantizer()
+        quantizer.max_parked = a.max_parked
+        summary = quantizer.quantize(model, variant, CalibrationSet(ids, "bench"), Path(a.out),
                                            QuantizeContext(device="cpu", tokenizer=tok, progress=PrintProgress()))
         quantize_s = time.perf_counter() - t0
     per_module = {}
     for row in summary["layers"]:
         kind = row["module"].rsplit(".", 1)[-1]
         per_module.setdefault(kind, []).append(row["seconds"])
-    return {"tool": f"llmquant {variant.method}", "load_s": load_s, "quantize_s": quantize_s,
+    return {"tool": f"llmquant {variant.method}" + ("" if a.max_parked is None else f" (max_parked {a.max_parked})"),
+            "load_s": load_s, "quantize_s": quantize_s,
             "rss_after_load_mb": rss_loaded / 2**20, "peak_rss_quantize_mb": mem.peak / 2**20,
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "solve_seconds_by_module": {k: sum(v) for k, v in per_module.items()}}
@@ -188,6 +191,8 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--desc-act", action="store_true")
+    p.add_argument("--max-parked", type=int, default=None,
+                   help="ours: batches parked per block (default all: fastest; fewer: less memory, more compute)")
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--peer-python", type=Path, default=PEER_PYTHON)
     p.add_argument("--skip-peer", action="store_true")
@@ -216,6 +221,7 @@ def main() -> None:
     common = ["--model", str(base), "--calib", str(calib), "--bits", str(a.bits), "--group-size", str(a.group_size)]
     if a.desc_act:
         common.append("--desc-act")
+    ours_extra = [] if a.max_parked is None else ["--max-parked", str(a.max_parked)]
     rows: list[dict] = []
 
     def report() -> None:  # rewritten after every row, so an interrupted bench keeps what it measured
@@ -226,7 +232,7 @@ def main() -> None:
     if not a.skip_ours:
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         out = work / "ours"
-        r = run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", "ours", "--out", str(out)] + common,
+        r = run_worker([sys.executable, str(Path(__file__).resolve()), "--worker", "ours", "--out", str(out)] + common + ours_extra,
                        env, work / "ours.log")
         if "error" not in r:
             r["ppl"] = evaluate(out, a.eval_windows)

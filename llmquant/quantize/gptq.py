@@ -145,6 +145,9 @@ def _final_norm(model: nn.Module) -> nn.Module | None:
 class GPTQQuantizer:
     method = "gptq"
     version = "1"
+    # batches kept parked with their activations in the staged loop (None: all; fewer trades
+    # compute for memory, with identical results; see sequential.py)
+    max_parked: int | None = None
 
     def quantize(self, model: nn.Module, variant: GPTQVariant, calib: CalibrationSet | None,
                  out_dir: Path, ctx: QuantizeContext) -> dict:
@@ -160,7 +163,8 @@ class GPTQQuantizer:
         handler = GPTQHandler(model, variant, settings, key)
         head = "lm_head" in settings
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=variant.true_sequential,
-                                 work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}")
+                                 work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",
+                                 max_parked=self.max_parked)
         result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress)
         report = list(result.report)
         if head:

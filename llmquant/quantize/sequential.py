@@ -30,7 +30,9 @@ Two orders (`SequentialOptions.staged`):
                 quantized earlier ones (GPTQ's true-sequential: q/k/v, then o, then gate/up, then
                 down — the order is discovered from the calls, not from module names). One forward
                 per block: each batch runs in its own thread, parked at the group's first module
-                while the others catch up; only one thread computes at a time.
+                while the others catch up; only one thread computes at a time. Parked batches
+                keep the block's activations for the whole calibration set alive at its widest
+                point; `max_parked` bounds that, re-running the other batches per group instead.
   staged=False  every group is observed on the unmodified block, then solved in call order, then
                 a second pass propagates through the solved block (AWQ; GPTQ without true-sequential).
 
@@ -123,6 +125,8 @@ class SequentialOptions:
     staged: bool = True
     work_dir: Path | None = None
     keep_final: bool = False  # return the last block's outputs (e.g. to calibrate lm_head)
+    max_parked: int | None = None  # staged: batches kept waiting with their activations (None:
+    #                                all, one forward per block); the others are re-run per group
     label: str = "sequential"
 
 
@@ -143,6 +147,10 @@ class _StopForward(Exception):
 
 class _Abort(BaseException):
     """Unwinds a parked batch thread when the block is abandoned."""
+
+
+class _Stopped(BaseException):
+    """Ends a batch's forward right after it was observed (it is re-run later instead of parked)."""
 
 
 def _first(out: Any) -> Tensor:
@@ -262,7 +270,7 @@ class _BatchThread:
         self.resume, self.parked = threading.Event(), threading.Event()
         self.result: Any = None
         self.error: BaseException | None = None
-        self.done = self.aborted = False
+        self.done = self.aborted = self.stopped = False
         self.at: int | None = None
         self.thread = threading.Thread(target=self._main, daemon=True)
         self.thread.start()
@@ -277,6 +285,8 @@ class _BatchThread:
                     self.result = self.fn()
         except _Abort:
             pass
+        except _Stopped:
+            self.stopped = True
         except BaseException as e:  # handed to the main thread, which re-raises it
             self.error = e
         finally:
@@ -348,32 +358,61 @@ class _Runner:
             for h in handles:
                 h.remove()
 
-    def staged(self) -> None:
-        """One forward of all batches, solving each group when every batch has reached it;
-        each batch's input is replaced by its output when it is done."""
+    def staged(self, max_parked: int | None = None) -> None:
+        """All batches through the block, solving each group when every batch has reached it;
+        each batch's input is replaced by its output when it is done.
+
+        The first `max_parked` batches (all by default) wait at each group with their
+        activations alive: one forward per block. The others stop once observed and are run
+        again from the block's input for the next group (and for the output), through the
+        groups solved so far: the same numbers, less memory, more compute (0 parked: the
+        reference scripts' re-run per group, with early stops)."""
         groups = [g for g in self.run.groups if g.called]
-        handles = self._hooks(groups, park=True)
-        threads = [_BatchThread(self._call(b), self.num_threads) for b in range(len(self.run.inputs))]
+        n = len(self.run.inputs)
+        limit = n if max_parked is None else max(0, min(n, max_parked))
+        self.solved, self.target, self.park_this = -1, 0, True
+        handles = []
+        for gi, group in enumerate(groups):
+            def hook(module, args, kwargs, gi=gi, group=group):
+                if gi <= self.solved:  # a batch run again passes groups solved before
+                    return
+                if gi != self.target:
+                    raise RuntimeError(f"{self.run.name}: {group.names[0]} was called out of the order batch 0 showed")
+                self.handler.observe(group, _input_of(args, kwargs))
+                if not self.park_this:
+                    raise _Stopped
+                self.current.park(gi)
+            handles.append(group.modules[0].register_forward_pre_hook(hook, with_kwargs=True))
+        threads: list[_BatchThread | None] = [None] * n
         try:
             for gi, group in enumerate(groups):
-                for b, t in enumerate(threads):
-                    self.current = t
+                self.target = gi
+                for b in range(n):
+                    t = threads[b] or _BatchThread(self._call(b), self.num_threads)
+                    threads[b] = self.current = t
+                    self.park_this = b < limit
                     t.step()
-                    if t.done or t.at != gi:
+                    if t.stopped:
+                        threads[b] = None
+                    elif t.done or t.at != gi:
                         raise RuntimeError(
                             f"{self.run.name}: batch {b} did not reach {group.names[0]} where batch 0 did "
                             "(data-dependent control flow is not supported by the staged loop; "
                             "turn true_sequential off)")
                 self.handler.solve(group)
-            for b, t in enumerate(threads):
-                self.current = t
+                self.solved = gi
+            self.target = len(groups)
+            for b in range(n):
+                t = threads[b] or _BatchThread(self._call(b), self.num_threads)
+                threads[b] = self.current = t
                 t.step()
-                if not t.done:
+                if not t.done or t.stopped:
                     raise RuntimeError(f"{self.run.name}: batch {b} called a group's module twice")
                 self.run.inputs[b] = t.result
         finally:
             for t in threads:
-                t.abort()
+                if t is not None:
+                    t.abort()
             for h in handles:
                 h.remove()
 
@@ -531,7 +570,7 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 handler.begin_block(run)
                 runner = _Runner(run, handler)
                 if options.staged:
-                    runner.staged()  # solves the called groups as it goes; inputs become outputs
+                    runner.staged(options.max_parked)  # solves groups as it goes; inputs become outputs
                 else:
                     runner.forward(observe=True)
                     for g in run.groups:

@@ -283,3 +283,24 @@ def test_quantized_lm_head_calibrates_on_the_final_norm(tmp_path, tiny_model_unt
     with torch.no_grad():  # 8-bit head: logits stay close to those of the quantized blocks + float head
         diff = (loaded(x).logits - model(x).logits).abs().max()
     assert 0 < diff < 0.05
+
+
+def test_bounded_parking_gives_bit_identical_results(tiny_model_dir, calib):
+    """Batches that are not parked stop once observed and run again per group: same numbers."""
+    from llmquant.quantize.gptq import GPTQHandler
+
+    variant = GPTQVariant(name="g", method="gptq", bits=3, group_size=32, sym=False)
+    settings = {f"model.layers.{i}.{n}": LayerSettings(3, 32, False) for i in range(3) for n in LINEARS}
+    results = []
+    for max_parked in (None, 1, 0):
+        model = load(tiny_model_dir)
+        handler = GPTQHandler(model, variant, settings, "k")
+        res = sequential.run_sequential(model, calib[0].input_ids, handler, sequential.SequentialOptions(
+            batch_size=5, staged=True, keep_final=True, max_parked=max_parked))
+        results.append((handler.layers, res.hidden))
+    (ref_layers, ref_hidden), others = results[0], results[1:]
+    for layers, hidden in others:
+        assert set(layers) == set(ref_layers)
+        for name, tensors in ref_layers.items():
+            assert all(torch.equal(tensors[k], layers[name][k]) for k in tensors), name
+        assert all(torch.equal(a, b) for a, b in zip(ref_hidden, hidden))
