@@ -162,8 +162,9 @@ def prepare(a: argparse.Namespace) -> tuple[Path, Path]:
 def run_worker(cmd: list[str], env: dict, log_path: Path) -> dict:
     result_path = log_path.with_suffix(".json")
     result_path.unlink(missing_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.run(cmd + ["--result", str(result_path)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    with open(log_path, "w") as log:  # cwd: gptqmodel writes a logs/ folder into it
+        proc = subprocess.run(cmd + ["--result", str(result_path)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                              cwd=log_path.parent)
     if proc.returncode != 0 or not result_path.exists():
         tail = log_path.read_text(errors="replace").splitlines()[-15:]
         return {"error": f"exit {proc.returncode}: " + " | ".join(tail)}

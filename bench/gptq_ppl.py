@@ -5,7 +5,8 @@ reports, through the same quantizers, checkpoint writer, loader and perplexity c
     PYTHONPATH=. python bench/gptq_ppl.py gptq-w4-g64 rtn-w4-g64 gptq-w3-g64 rtn-w3-g64
     PYTHONPATH=. python bench/gptq_ppl.py --threads 1 gptq-w3-g64      # on a crowded machine
 
-Variant names: {rtn,gptq,gptq-gar,gptq-act}-w{2,3,4,8}-g{N}; `baseline` is the fp32 model.
+Variant names: {rtn,gptq,gptq-gar,gptq-act}-w{2,3,4,8}-g{N}; `baseline` is the fp32 model;
+`path:DIR` scores a checkpoint that is already there.
 Calibration: 128 x 512 crops of wiki.valid.tokens, seed 0; eval: wikitext-2 test, first 64
 windows of 512 tokens, fp32; the checkpoints are written (unquantized tensors in fp16, as the
 pipeline does) and read back with our loader before scoring.
@@ -69,6 +70,8 @@ def main() -> None:
         t0 = time.perf_counter()
         if name == "baseline":
             path, q_s = base, 0.0
+        elif name.startswith("path:"):  # a checkpoint made elsewhere (e.g. by bench/gptq_cpu.py)
+            path, q_s = Path(name[5:]), 0.0
         else:
             v = variant_for(name)
             model = load_hf_model(base, "float32", "cpu")
