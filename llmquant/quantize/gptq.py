@@ -173,7 +173,7 @@ class GPTQQuantizer:
         qc = save_gptq_model(model, layers, variant, ctx.tokenizer, out_dir, extra_config={
             "desc_act": variant.desc_act, "static_groups": variant.static_groups,
             "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
-            "act_group_aware": variant.act_group_aware})
+            "act_group_aware": variant.act_group_aware and not variant.desc_act})
         if result.resumed:
             log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))

@@ -88,7 +88,7 @@ def reference_sequential(model, ids, variant, batch_size):
             for n in group:
                 lin = block.get_submodule(n)
                 res = gptq_quantize(lin.weight.data, Hs[n][0], variant.bits, variant.group_size, variant.sym,
-                                    desc_act=variant.desc_act)
+                                    desc_act=variant.desc_act, act_group_aware=variant.act_group_aware)
                 lin.weight.data = res.weight.dequantize()
                 out[f"model.layers.{i}.{n}"] = res.weight
         with torch.no_grad():
