@@ -5,7 +5,8 @@ reports, through the same quantizers, checkpoint writer, loader and perplexity c
     PYTHONPATH=. python bench/gptq_ppl.py gptq-w4-g64 rtn-w4-g64 gptq-w3-g64 rtn-w3-g64
     PYTHONPATH=. python bench/gptq_ppl.py --threads 1 gptq-w3-g64      # on a crowded machine
 
-Variant names: {rtn,gptq,gptq-gar,gptq-act}-w{2,3,4,8}-g{N}; `baseline` is the fp32 model;
+Variant names: {rtn,gptq,gptq-plain,gptq-act}-w{2,3,4,8}-g{N} (gptq: our defaults, group-aware
+reordering on; gptq-plain: no reordering; gptq-act: desc_act); `baseline` is the fp32 model;
 `path:DIR` scores a checkpoint that is already there.
 Calibration: 128 x 512 crops of wiki.valid.tokens, seed 0; eval: wikitext-2 test, first 64
 windows of 512 tokens, fp32; the checkpoints are written (unquantized tensors in fp16, as the
@@ -30,14 +31,14 @@ from gptq_cpu import CACHE, CALIB_CORPUS, EVAL_CORPUS  # noqa: E402
 def variant_for(name: str):
     from llmquant.recipe import GPTQVariant, RTNVariant
 
-    m = re.fullmatch(r"(rtn|gptq|gptq-gar|gptq-act)-w(\d)-g(-?\d+)", name)
+    m = re.fullmatch(r"(rtn|gptq|gptq-plain|gptq-act)-w(\d)-g(-?\d+)", name)
     if not m:
         raise SystemExit(f"unknown variant {name!r}")
     kind, bits, gs = m.group(1), int(m.group(2)), int(m.group(3))
     if kind == "rtn":
         return RTNVariant(name=name, method="rtn", bits=bits, group_size=gs)
     return GPTQVariant(name=name, method="gptq", bits=bits, group_size=gs,
-                       act_group_aware=kind == "gptq-gar", desc_act=kind == "gptq-act")
+                       act_group_aware=kind != "gptq-plain", desc_act=kind == "gptq-act")
 
 
 def main() -> None:
