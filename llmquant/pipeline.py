@@ -209,7 +209,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             batch_size=ev.batch_size, dtype=resolve_dtype(recipe.model.dtype, device), device=device,
             check_windows=ev.check_windows, check_tolerance_pct=ev.check_tolerance_pct,
             latency=latency_job(recipe),
-            trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol,
+            trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol, compile_kernels=ev.compile,
         )
 
     # -- baseline, cached by (model, protocol) -----------------------------------------------
