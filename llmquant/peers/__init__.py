@@ -26,6 +26,7 @@ class PeerBackend:
     worker: str  # script in this folder, run as `<peer python> <worker> JOB.json`
     env_var: str  # environment variable naming the peer's interpreter
     tested: str  # versions known to work (README, notes)
+    versions: tuple[str, ...]  # the peer's versions known to work (another one runs, with a note)
     install: str  # how to make its venv
     formats: dict[str, str]  # method -> the checkpoint format it writes (our reader's name)
     ignores: dict[str, dict[str, str]] = field(default_factory=dict)  # method -> {our setting: why}
@@ -58,7 +59,7 @@ BACKENDS: dict[str, PeerBackend] = {
     "gptqmodel": PeerBackend(
         name="gptqmodel", package="gptqmodel", worker="gptqmodel_worker.py",
         env_var="LLMQUANT_GPTQMODEL_PYTHON",
-        tested="gptqmodel 7.6.0 (torch 2.13.0+cpu, transformers 5.24)",
+        tested="gptqmodel 7.6.0 (torch 2.13.0+cpu, transformers 5.24)", versions=("7.6.0",),
         install=_venv_install("gptqmodel", "gptqmodel==7.6.0"),
         formats={"gptq": "gptq-v1", "awq": "awq-gemm"},
         ignores={
@@ -70,6 +71,7 @@ BACKENDS: dict[str, PeerBackend] = {
         name="llmcompressor", package="llmcompressor", worker="llmcompressor_worker.py",
         env_var="LLMQUANT_LLMCOMPRESSOR_PYTHON",
         tested="llmcompressor 0.14.0.1 (compressed-tensors 0.19.0, transformers 5.17.0, torch 2.13.0+cpu)",
+        versions=("0.14.0.1", "0.14.0"),
         install=_venv_install("llmcompressor", "llmcompressor==0.14.0.1"),
         formats={"gptq": "ct-pack-quantized", "awq": "ct-pack-quantized"},
         ignores={

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from ..errors import UserError
-from . import BACKENDS
+from . import BACKENDS, OURS, backend_of
 
 PROBE = """
 import importlib.metadata as m, importlib.util as u, json, sys
@@ -64,8 +64,8 @@ def resolve_python(backend: str, recipe_peers: Mapping[str, str], resolve: Calla
 
 def how_to_install(backend: str) -> str:
     spec = BACKENDS[backend]
-    return (f"install it in its own venv ({spec.install}) and point the recipe at it "
-            f"(peers: {{{backend}: peers/{backend}/bin/python}}) or set {spec.env_var}")
+    return (f"known to work: {spec.tested}; install it in its own venv ({spec.install}) and point the recipe "
+            f"at it (peers: {{{backend}: peers/{backend}/bin/python}}) or set {spec.env_var}")
 
 
 def probe(backend: str, python: str, origin: str) -> Peer:
@@ -98,3 +98,23 @@ def peer_environ(extra: Mapping[str, str]) -> dict[str, str]:
                 "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
     env.update(extra)
     return env
+
+
+def check_peers(recipe, environ: Mapping[str, str] = os.environ) -> tuple[dict[str, Peer], list[str]]:
+    """Every peer the recipe's variants use, probed once: ({backend: Peer}, notes). A missing or
+    broken peer is a UserError naming the variant."""
+    peers: dict[str, Peer] = {}
+    notes: list[str] = []
+    for i, v in enumerate(recipe.variants):
+        backend = backend_of(v)
+        if backend == OURS or backend in peers:
+            continue
+        python, origin = resolve_python(backend, recipe.peers, recipe.resolve, environ)
+        try:
+            peers[backend] = peer = probe(backend, python, origin)
+        except UserError as e:
+            raise UserError(f"{recipe.path}: variants[{i}].backend: {e}") from None
+        spec = BACKENDS[backend]
+        if peer.version not in spec.versions:
+            notes.append(f"{peer.label} (from {origin}) is not a version tested with llmquant: {spec.tested}")
+    return peers, notes
