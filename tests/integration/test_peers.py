@@ -85,3 +85,44 @@ def test_llm_compressor_w4a16_reads_as_compressed_tensors_decompresses_it(tmp_pa
                                        rtol=1e-3, atol=1e-3)
             compared += 1
     assert compared == 21
+
+
+# -- the recipe path: peers in their own venvs, run from the shared one -----------------------------
+
+PEER_PYTHON = {"gptqmodel": "/work/peers/gptqmodel/bin/python", "llmcompressor": "/work/peers/llmcompressor/bin/python"}
+
+
+@pytest.mark.parametrize("backend", ["gptqmodel", "llmcompressor"])
+def test_recipe_ranks_a_peer_next_to_ours(backend, tiny_recipe, tmp_path, monkeypatch):
+    """A recipe with `backend: <peer>` quantizes in the peer's venv (from our calibration crops) and
+    the row lands on our board beside ours, tagged with the peer's version. Needs the peer venvs
+    (README: Peers on our protocol); set LLMQUANT_<PEER>_PYTHON to point elsewhere."""
+    from llmquant.board import Board
+    from llmquant.peers import BACKENDS
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    python = os.environ.get(BACKENDS[backend].env_var) or PEER_PYTHON[backend]
+    if not os.path.exists(python):
+        pytest.skip(f"no {backend} venv at {python}")
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "2")
+    path = tiny_recipe(variants=f"""
+  - {{name: ours, method: gptq, bits: 4, group_size: 32}}
+  - {{name: peer, method: gptq, bits: 4, group_size: 32, backend: {backend}}}
+  - {{name: rtn, method: rtn, bits: 4, group_size: 32}}
+""", extra=f"""calibration:
+  dataset: {{source: "builtin:pydoc", split: train}}
+  n_samples: 16
+  seqlen: 128
+peers: {{{backend}: {python}}}
+""")
+    summary = run(load_recipe(path))
+    out = {o.name: o for o in summary.variants}
+    peer = out["peer"].summary
+    assert peer["backend"].startswith(f"{backend} ") and peer["format"] == BACKENDS[backend].formats["gptq"]
+    assert len(peer["layers"]) == 21
+    # a GPTQ solve from the same crops: near ours, better than round-to-nearest
+    assert out["peer"].result.ppl < out["rtn"].result.ppl
+    assert abs(out["peer"].result.ppl / out["ours"].result.ppl - 1) < 0.05
+    rows = {r.variant: r.data for r in Board(tmp_path / "board.sqlite").rows()}
+    assert rows["peer"]["backend"] == peer["backend"] and rows["ours"]["backend"] is None
