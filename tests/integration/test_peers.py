@@ -1,9 +1,11 @@
 """Our loader against the peers' own: GPTQModel and llm-compressor quantize the tiny model,
 save it in their format, and the weights we read must equal the weights they dequantize.
 
-These peers are not in the shared venv (they pin other versions), so the tests skip there;
-run them in a peer's venv, e.g.
+These peers are not in the shared venv (they pin other versions), so the two reader tests skip
+there; run them in a peer's venv, e.g.
   GPTQMODEL_CPU_WORKERS=2 PYTHONPATH=$PWD /work/peers/gptqmodel/bin/python -m pytest -m slow tests/integration/test_peers.py
+The recipe-path tests run from the shared venv and start the peers' venvs themselves
+(/work/peers/<peer>/bin/python, or LLMQUANT_<PEER>_PYTHON); they skip where those are absent.
 """
 
 import os
