@@ -226,7 +226,35 @@ class BnbVariant(VariantBase):
         return None if self.mode == "int8" else 64  # bitsandbytes' 4-bit blocks of 64 weights
 
 
-class GPTQVariant(WeightOnlyVariant):
+class PeerBackedVariant(WeightOnlyVariant):
+    """A weight-only method a peer tool may quantize instead of us (llmquant/peers): a subclass
+    declares `backend: Literal[METHOD_BACKENDS["<method>"]] = backend_field()`."""
+
+    @model_validator(mode="after")
+    def _peer_limits(self):
+        backend = getattr(self, "backend", OURS)
+        if backend != OURS:
+            if self.overrides:
+                raise ValueError(f"overrides are not passed to backend {backend}; use backend: {OURS}")
+            if self.quantize_lm_head:
+                raise ValueError(f"quantize_lm_head is not passed to backend {backend}; use backend: {OURS}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # leave the default backend out, so variants (and cache keys) from before `backend` stay the same
+        data = handler(self)
+        if isinstance(data, dict) and data.get("backend") == OURS:
+            data.pop("backend")
+        return data
+
+
+def backend_field():
+    return Field(OURS, description="who quantizes: llmquant (ours), or a peer tool in its own venv (gptqmodel, "
+                                   "llmcompressor) whose checkpoint our loader and protocol evaluate; see `peers:`")
+
+
+class GPTQVariant(PeerBackedVariant):
     """GPTQ: each Linear solved layer by layer from calibration Hessians, with error feedback."""
 
     method: Literal["gptq"]
@@ -237,26 +265,7 @@ class GPTQVariant(WeightOnlyVariant):
     damp_percent: float = Field(0.01, gt=0, le=1, description="damping, as a fraction of the mean Hessian diagonal")
     true_sequential: bool = Field(True, description="later linears of a block calibrate on the quantized earlier ones")
     block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
-    backend: Literal[METHOD_BACKENDS["gptq"]] = Field(  # type: ignore[valid-type]
-        OURS, description="who quantizes: llmquant (ours), or a peer tool in its own venv (gptqmodel, "
-                          "llmcompressor) whose checkpoint our loader and protocol evaluate; see `peers:`")
-
-    @model_validator(mode="after")
-    def _peer_limits(self) -> "GPTQVariant":
-        if self.backend != OURS:
-            if self.overrides:
-                raise ValueError(f"overrides are not passed to backend {self.backend}; use backend: {OURS}")
-            if self.quantize_lm_head:
-                raise ValueError(f"quantize_lm_head is not passed to backend {self.backend}; use backend: {OURS}")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # leave the default backend out, so variants (and cache keys) from before `backend` stay the same
-        data = handler(self)
-        if isinstance(data, dict) and data.get("backend") == OURS:
-            data.pop("backend")
-        return data
+    backend: Literal[METHOD_BACKENDS["gptq"]] = backend_field()  # type: ignore[valid-type]
 
 
 Variant = Annotated[Union[RTNVariant, GPTQVariant, BnbVariant], Field(discriminator="method")]

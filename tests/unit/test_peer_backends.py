@@ -259,3 +259,20 @@ def test_peer_failure_is_one_line_and_leaves_no_checkpoint(tiny_recipe, tmp_path
     ckpt = tmp_path / "run" / "variants" / "peer" / "checkpoint"
     assert not ckpt.exists()
     assert not os.path.exists(tmp_path / "run" / "variants" / "peer" / "manifest.json")
+
+
+def test_another_method_plugs_in_by_the_table_entry():
+    """How `awq` gets peers when its variant lands: subclass PeerBackedVariant, declare the field."""
+    from typing import Literal
+
+    from llmquant.peers import METHOD_BACKENDS
+    from llmquant.recipe import PeerBackedVariant, backend_field
+
+    class AWQLike(PeerBackedVariant):
+        method: Literal["awq"]
+        backend: Literal[METHOD_BACKENDS["awq"]] = backend_field()  # type: ignore[valid-type]
+
+    assert AWQLike(name="a", method="awq", bits=4, backend="llmcompressor").backend == "llmcompressor"
+    assert "backend" not in AWQLike(name="a", method="awq", bits=4).model_dump()
+    with pytest.raises(ValueError, match="quantize_lm_head is not passed to backend gptqmodel"):
+        AWQLike(name="a", method="awq", bits=4, backend="gptqmodel", quantize_lm_head=True)
