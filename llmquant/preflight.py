@@ -79,7 +79,10 @@ def check_packages(recipe: Recipe) -> None:
 
 def preflight(recipe: Recipe) -> PreflightReport:
     check_packages(recipe)
-    src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
+    try:
+        src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
+    except UserError as e:
+        raise UserError(f"{recipe.path or '<recipe>'}: {e}") from None
     report = PreflightReport(src)
     _check_dataset(recipe, "eval")
     if recipe.calibration is not None:
