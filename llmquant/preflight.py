@@ -83,7 +83,10 @@ def preflight(recipe: Recipe) -> PreflightReport:
 
     check_packages(recipe)
     peers, peer_notes = check_peers(recipe)
-    src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
+    try:
+        src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
+    except UserError as e:
+        raise UserError(f"{recipe.path or '<recipe>'}: {e}") from None
     report = PreflightReport(src, list(peer_notes), peers)
     _check_dataset(recipe, "eval")
     if recipe.calibration is not None:

@@ -340,7 +340,40 @@ class ServeSpec(Strict):
         return {True: "serve", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
-class Recipe(Strict):
+class RecipePaths:
+    """Where a recipe's relative paths and its run directory lead (shared by the LLM and classic
+    recipes; the model sets ``_path`` when it is loaded from a file and has an ``output`` spec)."""
+
+    _path: Path | None
+    name: str | None
+    output: OutputSpec
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        return self._path.parent if self._path else Path.cwd()
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return _check_name(self._path.stem) if self._path else "run"
+
+    def resolve(self, p: str) -> Path:
+        """A path from the recipe, relative to the recipe's directory."""
+        path = Path(p).expanduser()
+        return path if path.is_absolute() else (self.base_dir / path)
+
+    def run_dir(self) -> Path:
+        if self.output.dir:
+            return self.resolve(self.output.dir)
+        return Path.cwd() / "runs" / self.run_name
+
+
+class Recipe(Strict, RecipePaths):
     name: str | None = None
     description: str | None = None
     model: ModelSpec
@@ -375,31 +408,6 @@ class Recipe(Strict):
                     f"variants[{i}]: method {v.method!r} needs a 'calibration' section (dataset, n_samples, seqlen)"
                 )
         return self
-
-    # -- paths -------------------------------------------------------------------------------
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    @property
-    def base_dir(self) -> Path:
-        return self._path.parent if self._path else Path.cwd()
-
-    @property
-    def run_name(self) -> str:
-        if self.name:
-            return self.name
-        return _check_name(self._path.stem) if self._path else "run"
-
-    def resolve(self, p: str) -> Path:
-        """A path from the recipe, relative to the recipe's directory."""
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
-
-    def run_dir(self) -> Path:
-        if self.output.dir:
-            return self.resolve(self.output.dir)
-        return Path.cwd() / "runs" / self.run_name
 
 
 # -- loading ---------------------------------------------------------------------------------

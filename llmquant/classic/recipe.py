@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
-from ..recipe import OutputSpec, Strict, _check_name, _describe, _yaml_path
+from ..recipe import OutputSpec, RecipePaths, Strict, _check_name, _describe, _yaml_path
 
 METHOD_NAMES = ("dynamic", "static", "qat", "cast", "mixed", "onnx_fp32", "onnx_dynamic", "onnx_static")
 ONNX_METHODS = ("onnx_fp32", "onnx_dynamic", "onnx_static")
@@ -226,7 +226,7 @@ class ClassicSelectSpec(Strict):
     max_loss_pts: float = Field(1.0, ge=0, description="accuracy loss allowed, in points")
 
 
-class ClassicRecipe(Strict):
+class ClassicRecipe(Strict, RecipePaths):
     kind: Literal["classic"]
     name: str | None = None
     description: str | None = None
@@ -258,30 +258,6 @@ class ClassicRecipe(Strict):
         if self.data.is_text and self.model.kind != "hf" and not self.model.tokenizer:
             raise ValueError("model.tokenizer: text data needs a tokenizer: use an hf model or give model.tokenizer")
         return self
-
-    # -- paths (as in llmquant.recipe.Recipe) ----------------------------------------------------
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    @property
-    def base_dir(self) -> Path:
-        return self._path.parent if self._path else Path.cwd()
-
-    @property
-    def run_name(self) -> str:
-        if self.name:
-            return self.name
-        return _check_name(self._path.stem) if self._path else "run"
-
-    def resolve(self, p: str) -> Path:
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
-
-    def run_dir(self) -> Path:
-        if self.output.dir:
-            return self.resolve(self.output.dir)
-        return Path.cwd() / "runs" / self.run_name
 
 
 def _drop_tags(loc: tuple) -> tuple:

@@ -25,7 +25,7 @@ from .. import __version__
 from ..errors import UserError
 from ..loading import DTYPES, pick_device, set_threads
 from ..progress import NULL_PROGRESS, Progress
-from ..runs import atomic_write_json, read_json
+from ..runs import read_json
 from .latency import measure_latency, prompts_from_stream
 from .protocols import Tensors, get_protocol, score, tensors_sha256
 from .results import EvalResult, Protocol

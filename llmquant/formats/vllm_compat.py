@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from .modules import ModuleQuant, gptq_dynamic
+from .modules import ModuleQuant
 
 MARLIN_GROUPS = (-1, 32, 64, 128)
 MARLIN_MIN_N = 64  # GPTQ_MARLIN_MIN_THREAD_N

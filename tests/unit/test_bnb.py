@@ -150,7 +150,7 @@ def test_4bit_reload_matches_dequantized_reference(bnb_ckpts, tiny_model_dir, ki
     if kind == "nf4":
         assert qmap[0] == -1 and qmap[7] == 0 and qmap[15] == 1 and torch.all(qmap.diff() > 0)
     ref = _dequantized_reference(t, tiny_model_dir)
-    x = sample_ids(tok := load_checkpoint(d, "float32", "cpu")[1])
+    x = sample_ids(load_checkpoint(d, "float32", "cpu")[1])
 
     # exact path: the weights as loaded, and fp32 matmuls (bitsandbytes' fused CPU kernel off)
     model, _, info = load_checkpoint(d, "float32", "cpu")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from llmquant.board import Board
 from llmquant.classic.pipeline import run_classic
 from llmquant.recipe import parse_recipe

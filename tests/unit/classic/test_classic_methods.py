@@ -14,7 +14,7 @@ from llmquant.classic.export import example_inputs, load_program, program_weight
 from llmquant.classic.methods import METHODS, get_method
 from llmquant.classic.mixed import layer_sensitivity, output_error
 from llmquant.classic.models import SourceModel
-from llmquant.classic.ptq import ClassicContext, int8_tensors, recurrent_note, static_convert
+from llmquant.classic.ptq import ClassicContext, recurrent_note, static_convert
 from llmquant.classic.recipe import (
     CastVariant,
     DynamicVariant,

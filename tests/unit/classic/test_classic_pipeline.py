@@ -10,7 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from llmquant.board import Board, render_markdown
+from llmquant.board import Board
 from llmquant.classic.pipeline import run_classic
 from llmquant.cli import app
 from llmquant.recipe import load_recipe
