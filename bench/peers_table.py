@@ -1,6 +1,7 @@
 """Write the peers-on-our-protocol leaderboard of a finished run (recipes/smollm2-peers.yaml) as a
 results file: the run's leaderboard (our table renderer, so the peers' rows carry their versions)
-plus who quantized what with which versions, the peers' own timings and the load average now.
+plus who quantized what with which versions and the peers' own timings (the machine line has the
+load average when written; pass the run's own with --note).
 
   llmquant run recipes/smollm2-peers.yaml
   PYTHONPATH=. python bench/peers_table.py runs/smollm2-peers \
@@ -45,8 +46,6 @@ def main() -> None:
     args = ap.parse_args()
     results = json.loads((args.run_dir / "results.json").read_text())
     lines = header("Peers on our protocol: SmolLM2-135M GPTQ W4 g64", args.command)
-    lines.insert(-1, f"- load average when written: {' '.join(open('/proc/loadavg').read().split()[:3])} "
-                     f"(machine shared: timings indicative)")
     lines[-1:-1] = [f"- {n}" for n in args.note]
     lines += [(args.run_dir / "leaderboard.md").read_text().replace("# ", "## ", 1), "",
               "## Who quantized what", ""] + peer_lines(results)
