@@ -36,6 +36,8 @@ COLUMNS = [
     # generic task metrics (classic classifiers: accuracy in %), added later: migrated in by Board()
     ("metric_name", "TEXT"), ("metric", "REAL"), ("delta_metric_pts", "REAL"), ("latency_ms_median", "REAL"),
     ("latency_ms_p90", "REAL"), ("throughput", "REAL"), ("verdict", "TEXT"),
+    # the peer tool that quantized the variant ("gptqmodel 7.6.0"); NULL for our own quantizers
+    ("backend", "TEXT"),
 ]
 NAMES = [c for c, _ in COLUMNS]
 SCHEMA = (
@@ -136,8 +138,9 @@ class Board:
 
 def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: str, method: str,
                bits: int | None, group_size: int | None, fmt: str, is_baseline: bool, result: "EvalResult",
-               baseline_ppl: float | None, artifact: str, artifact_hash: str) -> dict:
-    """A leaderboard row for one evaluated checkpoint."""
+               baseline_ppl: float | None, artifact: str, artifact_hash: str,
+               backend: str | None = None) -> dict:
+    """A leaderboard row for one evaluated checkpoint (`backend`: the peer tool that quantized it)."""
     from . import __version__
 
     lat = result.latency
@@ -151,6 +154,7 @@ def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: 
         "weights_bytes": result.weights_bytes, "protocol_key": result.protocol.key,
         "protocol": result.protocol.describe(), "version": __version__, "artifact": artifact,
         "artifact_hash": artifact_hash, "result_json": json.dumps(result.to_dict(), sort_keys=True, default=str),
+        "backend": backend,
     }
 
 
@@ -175,7 +179,16 @@ def _is_metric_group(rows: list[dict]) -> bool:
     return any(r.get("metric_name") for r in rows)
 
 
+def method_label(r: dict) -> str:
+    """'gptq', or 'gptq (gptqmodel 7.6.0)' for a variant a peer quantized."""
+    from .peers import label
+
+    return label(r.get("method"), r.get("backend"))
+
+
 def _fmt(key: str, r: dict) -> str:
+    if key == "method":
+        return method_label(r)
     if key in ("metric", "delta_metric_pts", "latency_ms_median", "latency_ms_p90", "throughput"):
         v = r.get(key)
         if v is None:

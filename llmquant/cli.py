@@ -114,7 +114,8 @@ def print_summary(summary) -> None:
                  **_lat(summary.baseline), "peak_rss_bytes": summary.baseline.peak_rss_bytes,
                  "model": summary.model, "protocol_key": summary.baseline.protocol.key})]
     for o in summary.variants:
-        rows.append(Row({"variant": o.name, "method": o.method, "bits": o.summary.get("config", {}).get("bits"),
+        rows.append(Row({"variant": o.name, "method": o.method, "backend": o.summary.get("backend"),
+                         "bits": o.summary.get("config", {}).get("bits"),
                          "group_size": o.summary.get("config", {}).get("group_size"), "is_baseline": 0,
                          "size_bytes": o.result.size_bytes, "ppl": o.result.ppl,
                          "delta_ppl_pct": (o.result.ppl / summary.baseline.ppl - 1) * 100,

@@ -22,7 +22,8 @@ from .eval.results import EvalResult
 from .loading import fingerprint, load_error, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
 from .preflight import preflight
 from .progress import NULL_PROGRESS, Progress
-from .quantize import METHODS, get_quantizer
+from .peers.run import loads_own_model, quantizer_for
+from .quantize import METHODS
 from .quantize.base import CalibrationSet, QuantizeContext
 from .recipe import Recipe
 from .runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
@@ -234,7 +235,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
     # -- variants ----------------------------------------------------------------------------
     outcomes: list[VariantOutcome] = []
     for v in recipe.variants:
-        quantizer = get_quantizer(v.method)
+        quantizer = quantizer_for(v, report.peers)
         key = content_hash({
             "variant": v.model_dump(mode="json"), "model": model_hash, "method_version": quantizer.version,
             "calibration": calib.key if (calib and METHODS[v.method].needs_calibration) else None,
@@ -249,7 +250,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             if fresh:
                 shutil.rmtree(work_dir, ignore_errors=True)
             with progress.task(f"quantize {v.name} ({v.method})", total=None):
-                model = None if METHODS[v.method].loads_own_model else \
+                model = None if loads_own_model(v) else \
                     load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
                 ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
                                       work_dir=work_dir, model_dir=base_dir)
@@ -283,7 +284,8 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
     for o, v in zip(outcomes, recipe.variants):
         rows.append(result_row(**common, variant=o.name, method=o.method, bits=getattr(v, "bits", None),
                                group_size=getattr(v, "group_size", None), fmt=o.summary.get("format", "?"),
-                               is_baseline=False, result=o.result, artifact=str(o.checkpoint), artifact_hash=o.key))
+                               is_baseline=False, result=o.result, artifact=str(o.checkpoint), artifact_hash=o.key,
+                               backend=o.summary.get("backend")))
     board.record(rows)
     decision = pick_winner(baseline.ppl, [
         Candidate(o.name, o.result.size_bytes, o.result.ppl,

@@ -17,6 +17,7 @@ log = logging.getLogger("llmquant")
 class PreflightReport:
     source: ModelSource
     notes: list[str] = field(default_factory=list)
+    peers: dict = field(default_factory=dict)  # backend -> peers.interpreter.Peer, for variants a peer quantizes
 
 
 def _check_dataset(recipe: Recipe, section: str) -> None:
@@ -78,12 +79,15 @@ def check_packages(recipe: Recipe) -> None:
 
 
 def preflight(recipe: Recipe) -> PreflightReport:
+    from .peers.interpreter import check_peers
+
     check_packages(recipe)
+    peers, peer_notes = check_peers(recipe)
     try:
         src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
     except UserError as e:
         raise UserError(f"{recipe.path or '<recipe>'}: {e}") from None
-    report = PreflightReport(src)
+    report = PreflightReport(src, list(peer_notes), peers)
     _check_dataset(recipe, "eval")
     if recipe.calibration is not None:
         _check_dataset(recipe, "calibration")

@@ -18,11 +18,14 @@ from pydantic import (
     Field,
     PrivateAttr,
     ValidationError,
+    SerializerFunctionWrapHandler,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
 from .errors import UserError
+from .peers import METHOD_BACKENDS, OURS, PEER_NAMES
 from .quantize import METHODS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -223,7 +226,35 @@ class BnbVariant(VariantBase):
         return None if self.mode == "int8" else 64  # bitsandbytes' 4-bit blocks of 64 weights
 
 
-class GPTQVariant(WeightOnlyVariant):
+class PeerBackedVariant(WeightOnlyVariant):
+    """A weight-only method a peer tool may quantize instead of us (llmquant/peers): a subclass
+    declares `backend: Literal[METHOD_BACKENDS["<method>"]] = backend_field()`."""
+
+    @model_validator(mode="after")
+    def _peer_limits(self):
+        backend = getattr(self, "backend", OURS)
+        if backend != OURS:
+            if self.overrides:
+                raise ValueError(f"overrides are not passed to backend {backend}; use backend: {OURS}")
+            if self.quantize_lm_head:
+                raise ValueError(f"quantize_lm_head is not passed to backend {backend}; use backend: {OURS}")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict:
+        # leave the default backend out, so variants (and cache keys) from before `backend` stay the same
+        data = handler(self)
+        if isinstance(data, dict) and data.get("backend") == OURS:
+            data.pop("backend")
+        return data
+
+
+def backend_field():
+    return Field(OURS, description="who quantizes: llmquant (ours), or a peer tool in its own venv (gptqmodel, "
+                                   "llmcompressor) whose checkpoint our loader and protocol evaluate; see `peers:`")
+
+
+class GPTQVariant(PeerBackedVariant):
     """GPTQ: each Linear solved layer by layer from calibration Hessians, with error feedback."""
 
     method: Literal["gptq"]
@@ -234,6 +265,7 @@ class GPTQVariant(WeightOnlyVariant):
     damp_percent: float = Field(0.01, gt=0, le=1, description="damping, as a fraction of the mean Hessian diagonal")
     true_sequential: bool = Field(True, description="later linears of a block calibrate on the quantized earlier ones")
     block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
+    backend: Literal[METHOD_BACKENDS["gptq"]] = backend_field()  # type: ignore[valid-type]
 
 
 Variant = Annotated[Union[RTNVariant, GPTQVariant, BnbVariant], Field(discriminator="method")]
@@ -351,6 +383,9 @@ class Recipe(Strict, RecipePaths):
     select: SelectSpec = SelectSpec()
     output: OutputSpec = OutputSpec()
     serve: ServeSpec = ServeSpec()
+    peers: dict[Literal[PEER_NAMES], str] = Field(  # type: ignore[valid-type]
+        {}, description="the interpreter of each peer backend, e.g. {gptqmodel: ../peers/gptqmodel/bin/python} "
+                        "(relative to the recipe); LLMQUANT_<NAME>_PYTHON overrides it; default: this one")
 
     _path: Path | None = PrivateAttr(None)
 

@@ -162,7 +162,8 @@ def rows_from_results(results: dict, run_dir: str | Path, run: str | None = None
         rows.append(result_row(**common, variant=v["name"], method=v.get("method", "?"), bits=cfg.get("bits"),
                                group_size=cfg.get("group_size"), fmt=(v.get("quantize") or {}).get("format", "?"),
                                is_baseline=False, result=EvalResult.from_dict(v["result"]),
-                               artifact=v.get("checkpoint", ""), artifact_hash=v.get("key", "")))
+                               artifact=v.get("checkpoint", ""), artifact_hash=v.get("key", ""),
+                               backend=(v.get("quantize") or {}).get("backend")))
     return rows
 
 

@@ -7,6 +7,7 @@ from html import escape
 from typing import Callable
 
 from .. import __version__
+from ..board import method_label
 from .assets import CSS, JS
 from .data import Group, Report
 
@@ -57,7 +58,8 @@ def columns(group: Group) -> list[Column]:
     if len(runs) > 1:
         cols.append(Column("run", "run", lambda r: r.get("run") or "–", lambda r: r.get("run") or "", is_text=True))
     cols += [
-        Column("method", "method", lambda r: r.get("method") or "–", lambda r: r.get("method") or "", is_text=True),
+        Column("method", "method", lambda r: method_label(r) if r.get("method") else "–",
+               lambda r: method_label(r) if r.get("method") else "", is_text=True),
         Column("bits", "bits", lambda r: _num(r.get("bits"), "d"), lambda r: r.get("bits")),
         Column("group", "group", lambda r: _num(r.get("group_size"), "d"), lambda r: r.get("group_size")),
         Column("size", "size MB", lambda r: _num(r["size_bytes"] / 1e6 if r.get("size_bytes") else None, ".1f"),

@@ -8,6 +8,7 @@ import math
 import re
 from collections import OrderedDict
 
+from ..board import method_label
 from .data import Group, LayerReport, split_module
 
 METHOD_COLORS = {"none": "#222222", "rtn": "#d1495b", "gptq": "#2e86ab", "awq": "#3b8b5a", "bnb": "#edae49"}
@@ -88,7 +89,7 @@ def _scatter(ax, rows: list[dict], x_key: str) -> None:
     for r in rows:
         base, win = bool(r.get("is_baseline")), bool(r.get("is_winner"))
         ax.scatter([r[x_key]], [r["ppl"]], s=90 if base or win else 48, marker="*" if base else "o",
-                   color=method_color(r.get("method")), edgecolors="#111111" if win else "white",
+                   color=method_color(method_label(r)), edgecolors="#111111" if win else "white",
                    linewidths=1.6 if win else 0.6, zorder=3)
     _label_points(ax, [r[x_key] for r in rows], [r["ppl"] for r in rows],
                   [r["label"] + (" ★ winner" if r.get("is_winner") else "") for r in rows])
@@ -101,7 +102,7 @@ def _legend(ax, rows: list[dict], extra: list | None = None) -> None:
     if any(r.get("is_baseline") for r in rows):
         handles.append(Line2D([], [], marker="*", linestyle="", color=method_color("none"), markersize=8,
                               label="baseline"))
-    for m in OrderedDict.fromkeys(r.get("method") or "?" for r in rows if not r.get("is_baseline")):
+    for m in OrderedDict.fromkeys(method_label(r) for r in rows if not r.get("is_baseline")):
         handles.append(Line2D([], [], marker="o", linestyle="", color=method_color(m), markersize=6,
                               label="unquantized" if m == "none" else plain(m)))
     ax.legend(handles=handles + (extra or []), loc="best")
@@ -140,7 +141,7 @@ def ppl_vs_latency(group: Group) -> str | None:
         for r in rows:
             if r.get("ttft_ms_p90") is not None:  # median to p90
                 ax.plot([r["ttft_ms_median"], r["ttft_ms_p90"]], [r["ppl"], r["ppl"]],
-                        color=method_color(r.get("method")), linewidth=2, alpha=0.35, zorder=2)
+                        color=method_color(method_label(r)), linewidth=2, alpha=0.35, zorder=2)
         _scatter(ax, rows, "ttft_ms_median")
         ax.set_xlabel("first-token latency, median (ms; bar to p90)")
         _ppl_axis(ax, [r["ppl"] for r in rows], group.word_ppl)

@@ -1,9 +1,11 @@
 """Our loader against the peers' own: GPTQModel and llm-compressor quantize the tiny model,
 save it in their format, and the weights we read must equal the weights they dequantize.
 
-These peers are not in the shared venv (they pin other versions), so the tests skip there;
-run them in a peer's venv, e.g.
+These peers are not in the shared venv (they pin other versions), so the two reader tests skip
+there; run them in a peer's venv, e.g.
   GPTQMODEL_CPU_WORKERS=2 PYTHONPATH=$PWD /work/peers/gptqmodel/bin/python -m pytest -m slow tests/integration/test_peers.py
+The recipe-path tests run from the shared venv and start the peers' venvs themselves
+(/work/peers/<peer>/bin/python, or LLMQUANT_<PEER>_PYTHON); they skip where those are absent.
 """
 
 import os
@@ -85,3 +87,44 @@ def test_llm_compressor_w4a16_reads_as_compressed_tensors_decompresses_it(tmp_pa
                                        rtol=1e-3, atol=1e-3)
             compared += 1
     assert compared == 21
+
+
+# -- the recipe path: peers in their own venvs, run from the shared one -----------------------------
+
+PEER_PYTHON = {"gptqmodel": "/work/peers/gptqmodel/bin/python", "llmcompressor": "/work/peers/llmcompressor/bin/python"}
+
+
+@pytest.mark.parametrize("backend", ["gptqmodel", "llmcompressor"])
+def test_recipe_ranks_a_peer_next_to_ours(backend, tiny_recipe, tmp_path, monkeypatch):
+    """A recipe with `backend: <peer>` quantizes in the peer's venv (from our calibration crops) and
+    the row lands on our board beside ours, tagged with the peer's version. Needs the peer venvs
+    (README: Peers on our protocol); set LLMQUANT_<PEER>_PYTHON to point elsewhere."""
+    from llmquant.board import Board
+    from llmquant.peers import BACKENDS
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    python = os.environ.get(BACKENDS[backend].env_var) or PEER_PYTHON[backend]
+    if not os.path.exists(python):
+        pytest.skip(f"no {backend} venv at {python}")
+    monkeypatch.setenv("GPTQMODEL_CPU_WORKERS", "2")
+    path = tiny_recipe(variants=f"""
+  - {{name: ours, method: gptq, bits: 4, group_size: 32}}
+  - {{name: peer, method: gptq, bits: 4, group_size: 32, backend: {backend}}}
+  - {{name: rtn, method: rtn, bits: 4, group_size: 32}}
+""", extra=f"""calibration:
+  dataset: {{source: "builtin:pydoc", split: train}}
+  n_samples: 16
+  seqlen: 128
+peers: {{{backend}: {python}}}
+""")
+    summary = run(load_recipe(path))
+    out = {o.name: o for o in summary.variants}
+    peer = out["peer"].summary
+    assert peer["backend"].startswith(f"{backend} ") and peer["format"] == BACKENDS[backend].formats["gptq"]
+    assert len(peer["layers"]) == 21
+    # a GPTQ solve from the same crops: near ours, better than round-to-nearest
+    assert out["peer"].result.ppl < out["rtn"].result.ppl
+    assert abs(out["peer"].result.ppl / out["ours"].result.ppl - 1) < 0.05
+    rows = {r.variant: r.data for r in Board(tmp_path / "board.sqlite").rows()}
+    assert rows["peer"]["backend"] == peer["backend"] and rows["ours"]["backend"] is None
