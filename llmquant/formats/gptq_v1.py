@@ -9,6 +9,16 @@ Per quantized Linear `name` (weight [out, in]):
   name.bias     (if the layer has one)
 Dequantised: w[o, i] = scales[g_idx[i], o] * (q[i, o] - (stored_zero[g_idx[i], o] + 1)).
 GPTQModel's internal "v2" keeps true zeros (no -1); `zero_offset` selects which is read.
+
+Act-order (desc_act) checkpoints keep qweight rows in the *original* input order and store the
+group of each input column in g_idx, which is then not monotonic. Checked in public code:
+vLLM's gptq.py reference (non-exllama) path dequantizes as scales[g_idx] * (rows of qweight -
+zeros[g_idx]) and multiplies with x in input order; its exllama path argsorts g_idx and
+reorders qweight rows on load (gptq_shuffle); vLLM's marlin_utils.marlin_sort_g_idx argsorts
+g_idx and the marlin repack permutes rows by it; GPTQModel's gptq.py un-permutes Q with the
+inverse of the act-order permutation before packing and gives g_idx[i] = position of column i
+in that permutation // group_size (with static_groups: i // group_size, monotonic).
+`read_layers` below follows the same convention, so act-order output round-trips.
 """
 
 from __future__ import annotations
@@ -61,7 +71,7 @@ def unpack_layer(tensors: dict[str, Tensor], bits: int, zero_offset: int = 1) ->
 
 def quantization_config(bits: int, group_size: int, sym: bool, desc_act: bool = False,
                         static_groups: bool = False, damp_percent: float | None = None,
-                        true_sequential: bool | None = None, lm_head: bool = False,
+                        true_sequential: bool | None = None, act_group_aware: bool | None = None, lm_head: bool = False,
                         dynamic: dict | None = None, tool: str = "llmquant") -> dict:
     """`quantization_config` for config.json, as transformers and vLLM read it."""
     from .. import __version__
@@ -81,6 +91,8 @@ def quantization_config(bits: int, group_size: int, sym: bool, desc_act: bool = 
         cfg["damp_percent"] = damp_percent
     if true_sequential is not None:
         cfg["true_sequential"] = true_sequential
+    if act_group_aware is not None:
+        cfg["act_group_aware"] = act_group_aware
     if dynamic:
         cfg["dynamic"] = dynamic
     return cfg

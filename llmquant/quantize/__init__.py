@@ -38,6 +38,11 @@ METHODS: dict[str, MethodEntry] = {
         requires=("bitsandbytes",),
         install="pip install 'llmquant[bnb]'",
     ),
+    "gptq": MethodEntry(
+        "llmquant.quantize.gptq:GPTQQuantizer",
+        needs_calibration=True,
+        summary="GPTQ: calibrated layer-by-layer solve with error feedback, GPTQ v1 checkpoint",
+    ),
 }
 
 

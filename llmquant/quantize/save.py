@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from torch import nn
+from torch import Tensor, nn
 
 from ..formats import gptq_v1
 from ..formats.checkpoint import save_dtype, write_checkpoint
@@ -13,12 +13,13 @@ from ..recipe import WeightOnlyVariant
 from .targets import find_blocks
 
 
-def save_gptq_model(model: nn.Module, layers: dict[str, IntWeight], variant: WeightOnlyVariant,
+def save_gptq_model(model: nn.Module, layers: dict[str, IntWeight | dict[str, Tensor]], variant: WeightOnlyVariant,
                     tokenizer, out_dir: Path, extra_config: dict | None = None) -> dict:
-    """Pack `layers` and write the whole model as a GPTQ v1 checkpoint. Returns the quant config."""
+    """Pack `layers` (IntWeights, or tensors already packed by gptq_v1.pack_layer) and write the
+    whole model as a GPTQ v1 checkpoint. Returns the quant config."""
     packed = {}
     for name, layer in layers.items():
-        tensors = gptq_v1.pack_layer(layer)
+        tensors = dict(layer) if isinstance(layer, dict) else gptq_v1.pack_layer(layer)
         bias = model.get_submodule(name).bias
         if bias is not None:
             tensors["bias"] = bias.detach()

@@ -1,0 +1,92 @@
+"""Perplexity of RTN and GPTQ variants of SmolLM2-135M on the quick protocol, without the
+pipeline's latency runs and isolated evaluations (what `llmquant run recipes/smollm2-wikitext.yaml`
+reports, through the same quantizers, checkpoint writer, loader and perplexity code).
+
+    PYTHONPATH=. python bench/gptq_ppl.py gptq-w4-g64 rtn-w4-g64 gptq-w3-g64 rtn-w3-g64
+    PYTHONPATH=. python bench/gptq_ppl.py --threads 1 gptq-w3-g64      # on a crowded machine
+
+Variant names: {rtn,gptq,gptq-plain,gptq-act}-w{2,3,4,8}-g{N} (gptq: our defaults, group-aware
+reordering on; gptq-plain: no reordering; gptq-act: desc_act); `baseline` is the fp32 model;
+`path:DIR` scores a checkpoint that is already there.
+Calibration: 128 x 512 crops of wiki.valid.tokens, seed 0; eval: wikitext-2 test, first 64
+windows of 512 tokens, fp32; the checkpoints are written (unquantized tensors in fp16, as the
+pipeline does) and read back with our loader before scoring.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from gptq_cpu import CACHE, CALIB_CORPUS, EVAL_CORPUS  # noqa: E402
+
+
+def variant_for(name: str):
+    from llmquant.recipe import GPTQVariant, RTNVariant
+
+    m = re.fullmatch(r"(rtn|gptq|gptq-plain|gptq-act)-w(\d)-g(-?\d+)", name)
+    if not m:
+        raise SystemExit(f"unknown variant {name!r}")
+    kind, bits, gs = m.group(1), int(m.group(2)), int(m.group(3))
+    if kind == "rtn":
+        return RTNVariant(name=name, method="rtn", bits=bits, group_size=gs)
+    return GPTQVariant(name=name, method="gptq", bits=bits, group_size=gs,
+                       act_group_aware=kind != "gptq-plain", desc_act=kind == "gptq-act")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("variants", nargs="+")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument("--n-samples", type=int, default=128)
+    p.add_argument("--eval-windows", type=int, default=64)
+    p.add_argument("--out", type=Path, default=CACHE / "ppl")
+    a = p.parse_args()
+
+    import torch
+
+    from llmquant.data import calibration_crops, tokenize
+    from llmquant.eval.perplexity import perplexity
+    from llmquant.formats.load import load_checkpoint
+    from llmquant.loading import load_hf_model, load_tokenizer, materialize_base, resolve_source, set_threads
+    from llmquant.quantize import get_quantizer
+    from llmquant.quantize.base import CalibrationSet, QuantizeContext
+
+    set_threads()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    base = materialize_base(resolve_source("smollm2-demo", ROOT), CACHE / "smollm2-base")
+    tok = load_tokenizer(base)
+    calib = CalibrationSet(calibration_crops(tokenize(tok, CALIB_CORPUS.read_text(encoding="utf-8")),
+                                             a.n_samples, 512, 0), f"wiki.valid-{a.n_samples}x512-seed0")
+    ids = tokenize(tok, EVAL_CORPUS.read_text(encoding="utf-8"))
+    for name in a.variants:
+        t0 = time.perf_counter()
+        if name == "baseline":
+            path, q_s = base, 0.0
+        elif name.startswith("path:"):  # a checkpoint made elsewhere (e.g. by bench/gptq_cpu.py)
+            path, q_s = Path(name[5:]), 0.0
+        else:
+            v = variant_for(name)
+            model = load_hf_model(base, "float32", "cpu")
+            path = a.out / name
+            path.mkdir(parents=True, exist_ok=True)
+            get_quantizer(v.method).quantize(model, v, calib, path, QuantizeContext(device="cpu", tokenizer=tok))
+            del model
+            q_s = time.perf_counter() - t0
+        model, _, _ = load_checkpoint(path, "float32", "cpu")
+        with torch.no_grad():
+            r = perplexity(model, ids, 512, a.eval_windows)
+        print(json.dumps({"variant": name, "ppl": round(r.ppl, 4), "tokens_scored": r.tokens_scored,
+                          "quantize_s": round(q_s, 1), "threads": torch.get_num_threads()}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

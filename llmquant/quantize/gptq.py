@@ -1,0 +1,206 @@
+"""GPTQ quantizer: the shared sequential loop (sequential.py) driving the GPTQ solver
+(gptq_math.py), saved as a GPTQ v1 checkpoint (save.py)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import UserError
+from ..formats import gptq_v1
+from ..formats.intweight import IntWeight
+from ..recipe import GPTQVariant
+from ..runs import content_hash
+from .base import CalibrationSet, QuantizeContext
+from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
+from .save import save_gptq_model
+from .sequential import (
+    BlockResult,
+    BlockRun,
+    InputGroup,
+    SequentialOptions,
+    default_batch_size,
+    run_sequential,
+)
+from .targets import LayerSettings, target_linears
+
+log = logging.getLogger("llmquant")
+
+MAX_DAMP = 1.0
+
+
+def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQVariant) -> tuple[GPTQOutput, float]:
+    """GPTQ for one Linear; a Hessian that is not positive definite is retried with ten times
+    the damping (up to MAX_DAMP), with a warning naming the layer. Returns (output, damp used)."""
+    if not torch.isfinite(H).all():
+        raise UserError(
+            f"calibration: {name}: its inputs contain NaN or Inf (or their squares overflow float32); "
+            "the model produces non-finite activations on the calibration data — check that it works in "
+            "float32, or use fewer calibration.n_samples / a shorter calibration.seqlen")
+    if not torch.isfinite(W).all():
+        raise UserError(f"model: {name}: the weight contains NaN or Inf; the checkpoint is damaged or overflowed")
+    damp = variant.damp_percent
+    while True:
+        try:
+            out = gptq_quantize(W, H, s.bits, s.group_size, s.sym, desc_act=variant.desc_act,
+                                static_groups=variant.static_groups, act_group_aware=variant.act_group_aware,
+                                damp_percent=damp,
+                                block_size=variant.block_size)
+            return out, damp
+        except NotPositiveDefinite as e:
+            if damp >= MAX_DAMP:
+                raise UserError(
+                    f"calibration: {name}: the Hessian is not positive definite even with damp_percent {damp:g} "
+                    "(degenerate calibration inputs); use more or more varied calibration samples") from None
+            new = min(MAX_DAMP, damp * 10)
+            log.warning("gptq: %s: %s with damp_percent %g; retrying with damp_percent %g", name, e, damp, new)
+            damp = new
+
+
+def _unpack(tensors: dict[str, Tensor]) -> IntWeight:
+    bits = tensors["qweight"].shape[0] * 32 // tensors["g_idx"].numel()
+    return gptq_v1.unpack_layer(tensors, bits)
+
+
+class GPTQHandler:
+    """The GPTQ side of the sequential loop: Hessians per input group, then a solve per Linear."""
+
+    def __init__(self, model: nn.Module, variant: GPTQVariant, settings: dict[str, LayerSettings], state_key: str):
+        self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
+        # solved layers, packed right away (GPTQ v1 tensors): 8x smaller than int32 integers
+        self.layers: dict[str, dict[str, Tensor]] = {}
+        self._stats: dict[tuple[str, ...], list] = {}  # group names -> [H, n_samples, seconds]
+        self._block: dict[str, dict[str, Tensor]] = {}
+        self._rows: list[dict] = []
+        self._run: BlockRun | None = None
+        self.write_back = True  # replace solved weights in the model (off for a tied lm_head)
+
+    def targets(self, index: int, name: str, block: nn.Module) -> dict[str, nn.Module]:
+        found = {}
+        for sub, mod in block.named_modules():
+            full = f"{name}.{sub}"
+            if isinstance(mod, nn.Linear) and full in self.settings:
+                found[full] = mod
+        return found
+
+    def begin_block(self, run: BlockRun) -> None:
+        self._run, self._block, self._rows, self._stats = run, {}, [], {}
+
+    def observe(self, group: InputGroup, x: Tensor) -> None:
+        t0 = time.perf_counter()
+        st = self._stats.setdefault(group.names, [None, 0, 0.0])
+        st[0], st[1] = accumulate_hessian(st[0], st[1], x)
+        st[2] += time.perf_counter() - t0
+
+    def solve(self, group: InputGroup) -> None:
+        H, _, h_seconds = self._stats.pop(group.names, [None, 0, 0.0])
+        if H is None:
+            log.warning("gptq: %s never ran on the calibration data; quantized without error feedback (RTN)",
+                        ", ".join(group.names))
+        for name, module in zip(group.names, group.modules):
+            t0 = time.perf_counter()
+            W = module.weight.detach()
+            Hm = H if H is not None else torch.eye(W.shape[1], device=W.device)
+            s = self.settings[name]
+            out, damp = solve_layer(name, W, Hm, s, self.variant)
+            deq = out.weight.dequantize()
+            if self.write_back:
+                with torch.no_grad():
+                    module.weight.copy_(deq.to(module.weight.dtype))
+            self._block[name] = gptq_v1.pack_layer(out.weight)
+            secs = time.perf_counter() - t0 + h_seconds / len(group.names)
+            w_err = float((W.float().cpu() - deq).norm() / W.float().norm().clamp_min(1e-12))
+            self._rows.append({"module": name, "bits": s.bits, "group_size": s.group_size,
+                               "output_error": out.output_error, "rel_error": w_err, "seconds": secs,
+                               "damp_percent": damp, "dead_columns": out.dead_columns})
+            if self._run is not None:
+                self._run.note(f"{name} out-err {out.output_error:.4f} {secs:.2f} s")
+
+    def finish_block(self, run: BlockRun) -> BlockResult:
+        self.layers.update(self._block)
+        state = {f"{n}.{leaf}": t for n, tensors in self._block.items() for leaf, t in tensors.items()}
+        return BlockResult(state, self._rows)
+
+    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
+        for name in sorted({k.rsplit(".", 1)[0] for k in state}):
+            tensors = {leaf: state[f"{name}.{leaf}"] for leaf in ("qweight", "qzeros", "scales", "g_idx")}
+            module = self.model.get_submodule(name)
+            with torch.no_grad():
+                module.weight.copy_(_unpack(tensors).dequantize().to(module.weight.dtype))
+            self.layers[name] = tensors
+
+    def int_weight(self, name: str) -> IntWeight:
+        return _unpack(self.layers[name])
+
+
+def _final_norm(model: nn.Module) -> nn.Module | None:
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return getattr(decoder, "norm", None) or getattr(decoder, "final_layer_norm", None)
+
+
+class GPTQQuantizer:
+    method = "gptq"
+    version = "1"
+    # batches kept parked with their activations in the staged loop (None: all; fewer trades
+    # compute for memory, with identical results; see sequential.py)
+    max_parked: int | None = None
+
+    def quantize(self, model: nn.Module, variant: GPTQVariant, calib: CalibrationSet | None,
+                 out_dir: Path, ctx: QuantizeContext) -> dict:
+        if calib is None:
+            raise UserError(f"variants: {variant.name}: method 'gptq' needs a 'calibration' section")
+        model.to("cpu")  # one block at a time goes to ctx.device
+        targets = target_linears(model, variant)
+        settings = {n: s for n, (_, s) in targets.items()}
+        bs = default_batch_size(calib.input_ids.shape[1])
+        key = content_hash({"method": self.method, "version": self.version, "calibration": calib.key,
+                            "variant": variant.model_dump(mode="json", exclude={"name", "save_dtype"}),
+                            "batch_size": bs, "device": str(ctx.device)})
+        handler = GPTQHandler(model, variant, settings, key)
+        head = "lm_head" in settings
+        opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=variant.true_sequential,
+                                 work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",
+                                 max_parked=self.max_parked)
+        result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress)
+        report = list(result.report)
+        if head:
+            report.append(self._quantize_head(model, handler, result.hidden, variant, ctx))
+        layers = {n: handler.layers[n] for n in targets if n in handler.layers}
+        qc = save_gptq_model(model, layers, variant, ctx.tokenizer, out_dir, extra_config={
+            "desc_act": variant.desc_act, "static_groups": variant.static_groups,
+            "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
+            "act_group_aware": variant.act_group_aware and not variant.desc_act})
+        if result.resumed:
+            log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
+                     result.resumed, ctx.work_dir, len(result.solved))
+        return {"format": gptq_v1.FORMAT, "config": qc, "layers": report,
+                "resumed_blocks": result.resumed, "solved_blocks": result.solved}
+
+    def _quantize_head(self, model: nn.Module, handler: GPTQHandler, hidden: list[Tensor] | None,
+                       variant: GPTQVariant, ctx: QuantizeContext) -> dict:
+        """lm_head calibrates on the final norm's outputs of the quantized model."""
+        head = model.get_output_embeddings()
+        norm = _final_norm(model)
+        if norm is None or hidden is None:
+            raise UserError(f"variants: {variant.name}: quantize_lm_head: cannot find the final norm of "
+                            f"{type(model).__name__} to calibrate lm_head; leave quantize_lm_head off")
+        group = InputGroup(("lm_head",), (head,))
+        handler.write_back = False  # nothing runs after it, and a tied head shares the embeddings
+        handler.begin_block(BlockRun(-1, "lm_head", head, [group], [], [], torch.device(ctx.device)))
+        home = head.weight.device
+        norm.to(ctx.device)
+        head.to(ctx.device)
+        try:
+            with torch.no_grad():
+                for h in hidden:
+                    handler.observe(group, norm(h))
+            handler.solve(group)
+        finally:
+            norm.to(home)
+            head.to(home)
+        rows = handler.finish_block(handler._run).report
+        return rows[0]
