@@ -77,6 +77,22 @@ def check_packages(recipe: Recipe) -> None:
                             f"{entry.install or 'pip install ' + ' '.join(missing)}")
 
 
+def check_methods(recipe: Recipe, config, model) -> None:
+    """Method-specific checks on the architecture (METHODS[...].check), e.g. AWQ's mapping table."""
+    import importlib
+
+    from .quantize import METHODS
+
+    for i, v in enumerate(recipe.variants):
+        ref = METHODS[v.method].check
+        if ref is None:
+            continue
+        module_name, fn = ref.split(":")
+        problem = getattr(importlib.import_module(module_name), fn)(v, getattr(config, "model_type", None), model)
+        if problem:
+            raise UserError(f"{recipe.path}: variants[{i}] ({v.name}): {problem}")
+
+
 def preflight(recipe: Recipe) -> PreflightReport:
     check_packages(recipe)
     src = resolve_source(recipe.model.source, recipe.base_dir, recipe.model.gguf_file, recipe.model.revision)
@@ -93,5 +109,7 @@ def preflight(recipe: Recipe) -> PreflightReport:
     if config is None:
         report.notes.append("model config not available offline: layer shapes not checked")
         return report
-    check_shapes(recipe, meta_model(config))
+    model = meta_model(config)
+    check_shapes(recipe, model)
+    check_methods(recipe, config, model)
     return report
