@@ -110,6 +110,6 @@ def preflight(recipe: Recipe) -> PreflightReport:
         report.notes.append("model config not available offline: layer shapes not checked")
         return report
     model = meta_model(config)
+    check_methods(recipe, config, model)  # architecture support first: it explains shape problems too
     check_shapes(recipe, model)
-    check_methods(recipe, config, model)
     return report

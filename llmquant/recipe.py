@@ -262,14 +262,14 @@ class AWQVariant(WeightOnlyVariant):
     @classmethod
     def _awq_bits(cls, v: int) -> int:
         if v not in AWQ_BITS:
-            raise ValueError(f"AWQ GEMM checkpoints are 4-bit: vLLM's awq kernel takes 4 bits only and awq_marlin "
+            raise ValueError(f"an AWQ GEMM checkpoint holds 4-bit weights: vLLM's awq kernel takes 4 bits only and awq_marlin "
                              f"has zero-point kernels for uint4 only; use method gptq for {v}-bit weights")
         return v
 
     @field_validator("sym", mode="before")
     @classmethod
     def _no_sym(cls, v: Any) -> Any:
-        raise ValueError("AWQ has no sym option; use zero_point (true: asymmetric, the default; false: symmetric)")
+        raise ValueError("there is no sym option for AWQ; use zero_point (true: asymmetric, the default; false: symmetric)")
 
     @field_validator("quantize_lm_head")
     @classmethod

@@ -41,7 +41,7 @@ from .awq_math import (
     search_scales,
     weight_abs_mean,
 )
-from .awq_search import CallRecorder, module_loss, working_bytes_per_token
+from .awq_search import CallRecorder, module_loss, reusing_freed_memory, working_bytes_per_token
 from .base import CalibrationSet, QuantizeContext
 from .grid import group_index
 from .sequential import BlockResult, BlockRun, InputGroup, SequentialOptions, default_batch_size, run_sequential
@@ -53,7 +53,12 @@ log = logging.getLogger("llmquant")
 def check_model(variant: AWQVariant, model_type: str | None, model: nn.Module) -> str | None:
     """Preflight (no weights needed): the architecture is in the AWQ table and its blocks have
     the modules the table names."""
-    prefix, blocks = find_blocks(model)
+    if awq_arch.family_for(model_type) is None:
+        return awq_arch.check_model(model_type, nn.Module(), "")
+    try:
+        prefix, blocks = find_blocks(model)
+    except ValueError as e:
+        return str(e)
     return awq_arch.check_model(model_type, blocks[0], f"{prefix}.0")
 
 
@@ -149,13 +154,14 @@ class AWQHandler:
     def solve(self, group: InputGroup) -> None:
         for rec in self._recorders.values():  # the observing forward is over
             rec.remove()
-        for r in self._owner.get(group.names, []):
-            self._search(r, group)
-        self._pending.discard(group.names)
-        if not self._pending:  # every scale is known: fold, clip and quantize the block
-            run = self._run
-            self._state, self._rows = self._apply(run.block, run.name, self._scales, None)
-            self._recorders.clear()
+        with reusing_freed_memory():
+            for r in self._owner.get(group.names, []):
+                self._search(r, group)
+            self._pending.discard(group.names)
+            if not self._pending:  # every scale is known: fold, clip and quantize the block
+                run = self._run
+                self._state, self._rows = self._apply(run.block, run.name, self._scales, None)
+                self._recorders.clear()
 
     def finish_block(self, run: BlockRun) -> BlockResult:
         state, rows = self._state, self._rows
@@ -315,7 +321,7 @@ class AWQQuantizer:
         layers = {n: handler.layers[n] for n in targets if n in handler.layers}
         qc = save_awq_model(model, layers, variant, ctx.tokenizer, out_dir)
         if result.resumed:
-            log.info("awq %s: blocks %s re-applied from the saved search in %s (no search), %d searched now",
+            log.info("awq %s: blocks %s re-applied from the saved search in %s (no search); %d blocks searched now",
                      variant.name, result.resumed, ctx.work_dir, len(result.solved))
         return {"format": awq_gemm.FORMAT, "config": qc, "layers": result.report, "calib_dtype": str(dtype),
                 "resumed_blocks": result.resumed, "solved_blocks": result.solved,
