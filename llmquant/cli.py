@@ -196,6 +196,7 @@ def eval_cmd(
     model: Optional[str] = typer.Option(None, help="Model label on the leaderboard (default: the directory name)."),
     board: Optional[Path] = typer.Option(None, help="Leaderboard database to add the row to."),
     isolate: bool = typer.Option(True, help="Evaluate in a fresh process (peak memory is the checkpoint's own)."),
+    compile: bool = typer.Option(True, help="Fuse packed weights' dequantization with torch.compile (same results)."),
 ) -> None:
     """Evaluate any checkpoint on the same protocol as `run`, and add it to the leaderboard.
 
@@ -217,7 +218,7 @@ def eval_cmd(
     seqlen = seqlen or PROTOCOLS[protocol].default_seqlen
     with RichProgress() as progress:
         result, info = evaluate_path(path, dataset, split, field, seqlen, max_windows, dtype, device, latency,
-                                     model, board, isolate, progress, protocol=protocol)
+                                     model, board, isolate, progress, protocol=protocol, compile_kernels=compile)
     lat = result.latency
     kind = "word perplexity" if result.protocol.name == "lm-eval-word" else "perplexity"
     out_console.print(f"{path}: format {info.format}, {kind} [bold]{result.ppl:.4f}[/] "

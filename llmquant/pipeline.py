@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -208,7 +209,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             batch_size=ev.batch_size, dtype=resolve_dtype(recipe.model.dtype, device), device=device,
             check_windows=ev.check_windows, check_tolerance_pct=ev.check_tolerance_pct,
             latency=latency_job(recipe),
-            trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol,
+            trust_remote_code=recipe.model.trust_remote_code, protocol=ev.protocol, compile_kernels=ev.compile,
         )
 
     # -- baseline, cached by (model, protocol) -----------------------------------------------
@@ -244,11 +245,14 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         quantized_now = False
         if fresh or not manifest or manifest.get("key") != key or not ckpt.is_dir():
             manifest_path.unlink(missing_ok=True)
+            work_dir = rd.variant(v.name) / "work"  # per-block state of an interrupted run
+            if fresh:
+                shutil.rmtree(work_dir, ignore_errors=True)
             with progress.task(f"quantize {v.name} ({v.method})", total=None):
                 model = None if METHODS[v.method].loads_own_model else \
                     load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
                 ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
-                                      work_dir=rd.variant(v.name) / "work", model_dir=base_dir)
+                                      work_dir=work_dir, model_dir=base_dir)
                 with resource_errors(f"variants[{recipe.variants.index(v)}] ({v.name})", ckpt):
                     with atomic_dir(ckpt) as tmp:
                         summary = quantizer.quantize(model, v, calib, tmp, ctx)
@@ -256,6 +260,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
                 gc.collect()
             manifest = {"key": key, "method": v.method, "summary": summary, "llmquant": __version__}
             atomic_write_json(manifest_path, manifest)
+            shutil.rmtree(work_dir, ignore_errors=True)  # the checkpoint is final: resume state not needed
             quantized_now = True
         vjob = job_for(ckpt)
         vkey = content_hash({"artifact": key, "protocol": pkey, "job": asdict(vjob)})

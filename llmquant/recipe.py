@@ -115,6 +115,8 @@ class EvalSpec(Strict):
     batch_size: int = Field(1, ge=1)
     check_windows: int = Field(2, ge=0, description="windows also scored in float32 when computing in 16-bit (CPU)")
     check_tolerance_pct: float = Field(0.1, ge=0, description="16-bit vs float32 difference that is reported")
+    compile: bool = Field(True, description="fuse packed weights' dequantization with torch.compile (same results; "
+                                            "falls back to eager where it cannot compile)")
     latency: LatencySpec = LatencySpec()
     isolate: bool = Field(
         True, description="evaluate each checkpoint in its own process, so peak memory is its own"

@@ -47,6 +47,7 @@ class EvalJob:
     latency: dict | None = None  # LatencySpec fields, or None to skip
     trust_remote_code: bool = False
     protocol: str = "gptq-paper"  # a name in eval/protocols.py PROTOCOLS
+    compile_kernels: bool = False  # fuse packed layers' dequantization (bit-identical; see formats/kernels.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -143,7 +144,7 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
     check = min(job.check_windows, protocol.windows) if (job.dtype != "float32" and device == "cpu") else 0
     t0 = time.perf_counter()
     model, tokenizer, info = load_checkpoint(Path(job.checkpoint), "float32" if check else job.dtype, device,
-                                             job.trust_remote_code)
+                                             job.trust_remote_code, job.compile_kernels)
     t_load = time.perf_counter() - t0
     check_result = None
     if check:

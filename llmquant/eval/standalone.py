@@ -29,7 +29,8 @@ def _tokenizer_for(path: Path, info: CheckpointInfo):
 
 def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqlen: int, max_windows: int | None,
                   dtype: str, device: str, latency: bool, model_label: str | None, board_path: Path | None,
-                  isolate: bool, progress: Progress, cache_dir: Path | None = None, protocol: str = "gptq-paper"):
+                  isolate: bool, progress: Progress, cache_dir: Path | None = None, protocol: str = "gptq-paper",
+                  compile_kernels: bool = False):
     path = Path(path)
     info = inspect_checkpoint(path)
     device = pick_device(device)
@@ -56,7 +57,7 @@ def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqle
                   corpus_sha256=corpus.sha256, seqlen=seqlen, max_windows=max_windows,
                   dtype=resolve_dtype(dtype, device), device=device, check_windows=2,
                   latency={"prompt_tokens": 128, "decode_tokens": 32, "repeats": 5, "warmup": 1} if latency else None,
-                  protocol=protocol)
+                  protocol=protocol, compile_kernels=compile_kernels)
     with progress.task(f"evaluate {path.name}", total=None):
         if isolate:
             result = evaluate_isolated(job, cache / "logs" / content_hash(job.to_json()), progress)

@@ -148,8 +148,11 @@ def finish_loading(model: nn.Module, state: dict[str, Tensor], dtype: torch.dtyp
     return model.eval()
 
 
-def load_packed(path: Path, info: CheckpointInfo, dtype: torch.dtype, trust_remote_code: bool = False) -> nn.Module:
-    """Shared loader for integer weight-only formats: unpack layers, build QuantLinear modules."""
+def load_packed(path: Path, info: CheckpointInfo, dtype: torch.dtype, trust_remote_code: bool = False,
+                compile_kernels: bool = False) -> nn.Module:
+    """Shared loader for integer weight-only formats: unpack layers, build QuantLinear modules
+    (with `compile_kernels`, their prefill dequantization is fused by torch.compile)."""
+    from .kernels import compiled_dequant
     from .qlinear import QuantLinear
 
     state = read_tensors(path)
@@ -157,15 +160,17 @@ def load_packed(path: Path, info: CheckpointInfo, dtype: torch.dtype, trust_remo
     if not layers:
         raise UserError(f"{path}: config says {info.method} but no packed layers were found")
     model = empty_model(path, dtype, trust_remote_code)
+    dequant = compiled_dequant() if compile_kernels else None
     for name, weight in layers.items():
         bias = state.pop(f"{name}.bias", None)
-        set_module(model, name, QuantLinear(weight, bias.to(dtype) if bias is not None else None))
+        set_module(model, name, QuantLinear(weight, bias.to(dtype) if bias is not None else None, dequant))
     return finish_loading(model, state, dtype, path)
 
 
-def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu",
-                    trust_remote_code: bool = False) -> tuple[nn.Module, Any, CheckpointInfo]:
-    """(model, tokenizer, info) for any supported checkpoint, ready for evaluation."""
+def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                    compile_kernels: bool = False) -> tuple[nn.Module, Any, CheckpointInfo]:
+    """(model, tokenizer, info) for any supported checkpoint, ready for evaluation.
+    `compile_kernels`: fuse packed layers' dequantization with torch.compile (bit-identical)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
@@ -185,7 +190,7 @@ def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu",
     if reader.load:
         model = _lazy(reader.load)(path, info, torch_dtype, trust_remote_code, device)
     else:
-        model = load_packed(path, info, torch_dtype, trust_remote_code)
+        model = load_packed(path, info, torch_dtype, trust_remote_code, compile_kernels)
     return model.to(device), tok, info
 
 

@@ -12,12 +12,15 @@ Outputs match the dequantized reference within the tolerances tests/unit/test_ql
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor, nn
 
 from .intweight import IntWeight
 from .kernels import (
     Int4Packed,
+    dequant_int4_columns,
     contiguous_order,
     int4_dense_matmul,
     int4_matmul,
@@ -41,8 +44,10 @@ def _compact(t: Tensor, small: torch.dtype) -> Tensor:
 
 
 class QuantLinear(nn.Module):
-    def __init__(self, weight: IntWeight, bias: Tensor | None = None):
+    def __init__(self, weight: IntWeight, bias: Tensor | None = None,
+                 dequant: Callable[..., Tensor] | None = None):
         super().__init__()
+        self.dequant = dequant or dequant_int4_columns  # or a compiled version (kernels.compiled_dequant)
         self.in_features, self.out_features, self.bits = weight.in_features, weight.out_features, weight.bits
         self.group_size = weight.in_features // weight.n_groups
         perm = contiguous_order(weight.g_idx)
@@ -105,7 +110,8 @@ class QuantLinear(nn.Module):
         if path == "int4":
             y = int4_matmul(x2, Int4Packed(self.packed, self.scale_zero, self.kernel_group))
         elif self.layout == "int4pack":
-            y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros.float() + self.q_shift, self.group_size)
+            y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros.float() + self.q_shift, self.group_size,
+                                  dequant=self.dequant)
         else:
             y = rows_dense_matmul(x2, self.rows, self.layout == "nibbles", self.scales, self.zeros, self.g_idx)
         if self.bias is not None:

@@ -123,3 +123,30 @@ def test_resident_bytes_a_quarter_of_fp32():
     m = QuantLinear(iw, None)
     dense = 1536 * 576 * 4
     assert resident_bytes(m) < dense * 0.16  # 0.5 B/weight + bf16 scale/zero + fp16 scales, uint8 zeros
+
+
+def test_compiled_dequantization_is_bit_identical():
+    from llmquant.formats.kernels import compiled_dequant
+
+    iw = make_weight(192, 128, 4, 32)
+    eager, fused = QuantLinear(iw, None), QuantLinear(iw, None, compiled_dequant())
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(50, 128).to(dtype)
+        assert torch.equal(eager(x), fused(x))
+
+
+def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
+    from llmquant.formats import kernels
+
+    def broken(fn, **kw):
+        def f(*a):
+            raise RuntimeError("no compiler here")
+        return f
+
+    monkeypatch.setattr(kernels.torch, "compile", broken)
+    iw = make_weight(64, 64, 4, 32)
+    m = QuantLinear(iw, None, kernels.compiled_dequant())
+    x = torch.randn(40, 64)
+    with caplog.at_level("WARNING", logger="llmquant"):
+        torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
+    assert "using eager kernels" in caplog.text

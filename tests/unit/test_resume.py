@@ -96,3 +96,67 @@ def test_torn_result_file_is_redone(tmp_path, tiny_model_dir):
     by = {o.name: o for o in again.variants}
     assert by["w4"].evaluated_now and not by["w8"].evaluated_now
     assert by["w4"].result.ppl == {o.name: o for o in first.variants}["w4"].result.ppl
+
+
+@pytest.fixture(scope="module")
+def four_block_model(tmp_path_factory):
+    from tests.conftest import train_tiny_llama
+
+    return train_tiny_llama(tmp_path_factory.mktemp("four") / "model", layers=4, steps=40)
+
+
+def gptq_recipe(tmp_path, model, name):
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"""
+name: {name}
+model: {{source: {model}, dtype: float32, device: cpu}}
+calibration: {{dataset: {{source: "builtin:pydoc", split: train}}, n_samples: 32, seqlen: 128, seed: 0}}
+eval:
+  dataset: {{source: "builtin:pydoc", split: test}}
+  seqlen: 128
+  max_windows: 4
+  isolate: false
+  latency: {{enabled: false}}
+variants:
+  - {{name: g4, method: gptq, bits: 4, group_size: 32}}
+output: {{dir: {tmp_path / name}, board: {tmp_path / 'board.sqlite'}}}
+""")
+    return p
+
+
+def test_sigkill_during_gptq_resumes_from_the_last_finished_block(tmp_path, four_block_model):
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    killed = gptq_recipe(tmp_path, four_block_model, "killed")
+    work = tmp_path / "killed" / "variants" / "g4" / "work"
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-m", "llmquant.cli", "run", str(killed)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 900
+    done: dict = {}
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            done = json.loads((work / "manifest.json").read_text()).get("blocks", {})
+        except (OSError, ValueError):
+            done = {}
+        if "1" in done:  # blocks 0 and 1 solved and saved: kill in the middle of block 2
+            break
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert "1" in done and "3" not in done, f"could not kill mid-quantization (saved blocks: {sorted(done)})"
+    assert not (tmp_path / "killed" / "variants" / "g4" / "checkpoint").exists()  # nothing looks finished
+
+    resumed = run(load_recipe(killed))
+    summary = resumed.variants[0].summary
+    finished = sorted(int(b) for b in done)
+    assert summary["resumed_blocks"][:len(finished)] == finished  # not solved again
+    assert set(summary["solved_blocks"]).isdisjoint(finished) and 3 in summary["solved_blocks"]
+    assert not work.exists()  # resume state dropped once the checkpoint is final
+
+    clean = run(load_recipe(gptq_recipe(tmp_path, four_block_model, "clean")))
+    assert clean.variants[0].summary["resumed_blocks"] == []
+    assert sha(resumed.variants[0].checkpoint / "model.safetensors") == \
+        sha(clean.variants[0].checkpoint / "model.safetensors")
+    assert resumed.variants[0].result.ppl == clean.variants[0].result.ppl
