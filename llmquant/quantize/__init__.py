@@ -24,6 +24,8 @@ class MethodEntry:
     install: str | None = None  # how to get them
     check: str | None = None  # "module:function" (variant, model_type, meta model) -> problem or None,
     #                           run by preflight before any weight is loaded
+    keeps_work: bool = False  # the work dir holds a reusable result (AWQ's searched scales and clip
+    #                           bounds): kept after the checkpoint is written, so a rerun re-applies it
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -50,6 +52,7 @@ METHODS: dict[str, MethodEntry] = {
         needs_calibration=True,
         summary="AWQ: activation-aware channel scales and clipping, AWQ GEMM checkpoint",
         check="llmquant.quantize.awq:check_model",
+        keeps_work=True,
     ),
 }
 
