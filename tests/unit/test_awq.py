@@ -248,8 +248,19 @@ def test_tiny_recipe_end_to_end_with_awq(tiny_recipe, board_path):
     assert o.summary["format"] == "awq-gemm" and o.summary["solved_blocks"] == [0, 1, 2]
     manifest = json.loads((summary.run_dir / "variants" / "awq4" / "manifest.json").read_text())
     assert len(manifest["summary"]["layers"]) == 21
-    # a rerun with nothing changed reuses the checkpoint; the saved search sits in the work dir
+    # the saved search outlives the checkpoint (the pipeline drops GPTQ's resume state, not AWQ's)
     assert (summary.run_dir / "variants" / "awq4" / "work" / "manifest.json").exists()
+    # another save_dtype rebuilds the checkpoint from the saved search: no block searched again
+    again = run(load_recipe(tiny_recipe(variants="""
+  - {name: awq4, method: awq, bits: 4, group_size: 32, save_dtype: float16}
+""", extra="""calibration:
+  dataset: {source: "builtin:pydoc", split: train}
+  n_samples: 16
+  seqlen: 128
+""")))
+    o2 = next(v for v in again.variants if v.name == "awq4")
+    assert o2.summary["resumed_blocks"] == [0, 1, 2] and o2.summary["searched_mappings"] == 0
+    assert o2.result.ppl == pytest.approx(ppl["awq4"], rel=0.01)  # same integers, fp16 norms
 
 
 def bad_variant(tmp_path, variant: str) -> str:
