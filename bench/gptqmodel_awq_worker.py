@@ -3,9 +3,10 @@
 Run by the bench as `<peer venv>/bin/python bench/gptqmodel_awq_worker.py ...` with
 GPTQMODEL_CPU_WORKERS=2; imports only torch, safetensors and gptqmodel (never llmquant).
 Settings: AWQ GEMM, zero point (sym=False: AutoAWQ's default grid), everything else gptqmodel's
-default (n_grid 20, duo scaling, clipping with 512 sampled tokens). The model loads in bfloat16
-by default: the team found gptqmodel's AWQ crashing at packing in float32
-(../shared/docs/PROTOCOLS.md). Writes a JSON result: wall time of quantize + save, peak RSS of
+default (n_grid 20, duo scaling, clipping with 512 sampled tokens), packing with backend
+torch_awq (AwqTorchLinear: any device; the auto choice AwqGEMMLinear needs CUDA). The model
+loads in bfloat16 by default: AwqTorchLinear takes float16/bfloat16 only, which is why
+gptqmodel's AWQ fails at packing in float32 (../shared/docs/PROTOCOLS.md). Writes a JSON result: wall time of quantize + save, peak RSS of
 the process (and during quantize), RSS after loading.
 """
 
@@ -31,10 +32,13 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64)
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--backend", default="torch_awq",
+                   help="gptqmodel BACKEND for the packing kernel; its default (auto) picks AwqGEMMLinear, "
+                        "which refuses to run without CUDA ('AWQ: CUDA is not available')")
     a = p.parse_args()
 
     import torch
-    from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
     from gptqmodel.version import __version__
     from safetensors.torch import load_file
 
@@ -57,7 +61,7 @@ def main() -> None:
     t = threading.Thread(target=sample, daemon=True)
     t.start()
     t0 = time.perf_counter()
-    model.quantize(calibration, batch_size=1)
+    model.quantize(calibration, batch_size=1, backend=BACKEND(a.backend))
     model.save(a.out)
     quantize_s = time.perf_counter() - t0
     stop.set()
@@ -66,7 +70,7 @@ def main() -> None:
         json.dump({"tool": f"gptqmodel {__version__} awq ({a.dtype})", "load_s": load_s, "quantize_s": quantize_s,
                    "rss_after_load_mb": rss_loaded / 2**20, "peak_rss_quantize_mb": max(peak[0], rss()) / 2**20,
                    "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                   "config": {k: str(v) for k, v in vars(qc).items() if not k.startswith("_")}}, f)
+                   "backend": a.backend, "config": {k: str(v) for k, v in vars(qc).items() if not k.startswith("_")}}, f)
 
 
 if __name__ == "__main__":
