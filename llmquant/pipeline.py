@@ -261,7 +261,8 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
                 gc.collect()
             manifest = {"key": key, "method": v.method, "summary": summary, "llmquant": __version__}
             atomic_write_json(manifest_path, manifest)
-            shutil.rmtree(work_dir, ignore_errors=True)  # the checkpoint is final: resume state not needed
+            if not METHODS[v.method].keeps_work:
+                shutil.rmtree(work_dir, ignore_errors=True)  # the checkpoint is final: resume state not needed
             quantized_now = True
         vjob = job_for(ckpt)
         vkey = content_hash({"artifact": key, "protocol": pkey, "job": asdict(vjob)})

@@ -78,6 +78,22 @@ def check_packages(recipe: Recipe) -> None:
                             f"{entry.install or 'pip install ' + ' '.join(missing)}")
 
 
+def check_methods(recipe: Recipe, config, model) -> None:
+    """Method-specific checks on the architecture (METHODS[...].check), e.g. AWQ's mapping table."""
+    import importlib
+
+    from .quantize import METHODS
+
+    for i, v in enumerate(recipe.variants):
+        ref = METHODS[v.method].check
+        if ref is None:
+            continue
+        module_name, fn = ref.split(":")
+        problem = getattr(importlib.import_module(module_name), fn)(v, getattr(config, "model_type", None), model)
+        if problem:
+            raise UserError(f"{recipe.path}: variants[{i}] ({v.name}): {problem}")
+
+
 def preflight(recipe: Recipe) -> PreflightReport:
     from .peers.interpreter import check_peers
 
@@ -100,5 +116,7 @@ def preflight(recipe: Recipe) -> PreflightReport:
     if config is None:
         report.notes.append("model config not available offline: layer shapes not checked")
         return report
-    check_shapes(recipe, meta_model(config))
+    model = meta_model(config)
+    check_methods(recipe, config, model)  # architecture support first: it explains shape problems too
+    check_shapes(recipe, model)
     return report

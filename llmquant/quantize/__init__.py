@@ -22,6 +22,10 @@ class MethodEntry:
     loads_own_model: bool = False
     requires: tuple[str, ...] = ()  # importable packages the method needs (checked before a run)
     install: str | None = None  # how to get them
+    check: str | None = None  # "module:function" (variant, model_type, meta model) -> problem or None,
+    #                           run by preflight before any weight is loaded
+    keeps_work: bool = False  # the work dir holds a reusable result (AWQ's searched scales and clip
+    #                           bounds): kept after the checkpoint is written, so a rerun re-applies it
 
 
 METHODS: dict[str, MethodEntry] = {
@@ -42,6 +46,13 @@ METHODS: dict[str, MethodEntry] = {
         "llmquant.quantize.gptq:GPTQQuantizer",
         needs_calibration=True,
         summary="GPTQ: calibrated layer-by-layer solve with error feedback, GPTQ v1 checkpoint",
+    ),
+    "awq": MethodEntry(
+        "llmquant.quantize.awq:AWQQuantizer",
+        needs_calibration=True,
+        summary="AWQ: activation-aware channel scales and clipping, AWQ GEMM checkpoint",
+        check="llmquant.quantize.awq:check_model",
+        keeps_work=True,
     ),
 }
 

@@ -45,6 +45,7 @@ the result is bit-identical to an uninterrupted run. `SequentialResult.resumed` 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -86,10 +87,17 @@ class BlockRun:
     kwargs: list[dict]  # the block's other arguments, per batch
     device: torch.device
     note: Callable[[str], None] = lambda text: None
+    autocast: torch.dtype | None = None  # block forwards run under torch.autocast in this dtype
+
+    def compute(self):
+        """The context every block forward runs in (autocast is per thread: enter it in the thread)."""
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
 
     def forward(self, b: int, block: nn.Module | None = None) -> Tensor:
         """The block's output for batch `b` (no hooks of this loop involved)."""
-        with torch.no_grad():
+        with torch.no_grad(), self.compute():
             return _first((block or self.block)(self.inputs[b], *self.kwargs[b]["args"], **self.kwargs[b]["kwargs"]))
 
 
@@ -128,6 +136,8 @@ class SequentialOptions:
     max_parked: int | None = None  # staged: batches kept waiting with their activations (None:
     #                                all, one forward per block); the others are re-run per group
     label: str = "sequential"
+    autocast: torch.dtype | None = None  # run block forwards under torch.autocast (e.g. bfloat16
+    #                                      matmuls on a CPU with AMX); None: the model's own dtype
 
 
 @dataclass
@@ -328,7 +338,11 @@ class _Runner:
 
     def _call(self, b: int) -> Callable[[], Tensor]:
         run = self.run
-        return lambda: _first(run.block(run.inputs[b], *run.kwargs[b]["args"], **run.kwargs[b]["kwargs"]))
+
+        def call() -> Tensor:
+            with run.compute():
+                return _first(run.block(run.inputs[b], *run.kwargs[b]["args"], **run.kwargs[b]["kwargs"]))
+        return call
 
     def _hooks(self, groups: list[InputGroup], park: bool) -> list:
         handles = []
@@ -546,7 +560,7 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 report.extend(rows)
                 resumed.append(i)
             if i >= last_needed:  # restored blocks past the last one to solve: no forward needed
-                handler.restore_block(BlockRun(i, name, block, [], [], [], device), state)
+                handler.restore_block(BlockRun(i, name, block, [], [], [], device, autocast=options.autocast), state)
                 advance(1, note=f"block {i}: restored")
                 continue
             if inputs is None:
@@ -555,7 +569,7 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
             home = next(block.parameters()).device
             block.to(device)
             run = BlockRun(i, name, block, [], inputs, kwargs, device,
-                           note=lambda text: advance(0, note=text))
+                           note=lambda text: advance(0, note=text), autocast=options.autocast)
             if i < done:
                 handler.restore_block(run, state)
                 _Runner(run, None).forward()
