@@ -9,7 +9,8 @@ import json
 import pytest
 from safetensors import safe_open
 
-from tests.conftest import SHARED, requires_shared, write_recipe
+from tests.conftest import requires_shared
+from tests.integration.quick import run_quick_protocol
 
 AWQ_BOUND = 36.6  # 33.92 measured + ~8 %: see test_awq_beats_rtn
 
@@ -20,31 +21,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.needs_shared,
 
 @pytest.fixture(scope="module")
 def awq_run(tmp_path_factory):
-    from llmquant.pipeline import run
-    from llmquant.recipe import load_recipe
-
-    tmp = tmp_path_factory.mktemp("smollm2-awq")
-    recipe = write_recipe(tmp / "r.yaml", f"""
-name: smollm2-awq-test
-model: {{source: smollm2-demo, dtype: float32, device: cpu}}
-calibration:
-  dataset: {SHARED / 'data/wikitext2/wiki.valid.tokens'}
-  n_samples: 128
-  seqlen: 512
-  seed: 0
-eval:
-  dataset: {SHARED / 'data/wikitext2/wiki.test.raw.txt'}
-  seqlen: 512
-  max_windows: 64
-  isolate: false
-  latency: {{enabled: false}}
-variants:
-  - {{name: rtn-w4-g64, method: rtn, bits: 4, group_size: 64}}
-  - {{name: rtn-w4-g64-asym, method: rtn, bits: 4, group_size: 64, sym: false}}
-  - {{name: awq-w4-g64, method: awq, bits: 4, group_size: 64}}
-output: {{dir: {tmp / 'run'}, board: {tmp / 'board.sqlite'}}}
-""")
-    return run(load_recipe(recipe))
+    return run_quick_protocol(tmp_path_factory.mktemp("smollm2-awq"), "smollm2-awq-test", [
+        "{name: rtn-w4-g64, method: rtn, bits: 4, group_size: 64}",
+        "{name: rtn-w4-g64-asym, method: rtn, bits: 4, group_size: 64, sym: false}",
+        "{name: awq-w4-g64, method: awq, bits: 4, group_size: 64}"], calibrate=True)
 
 
 def test_awq_beats_rtn(awq_run):
