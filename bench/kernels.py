@@ -4,7 +4,8 @@
 
 For each activation dtype and row count M, times QuantLinear's two paths (int4 kernel,
 dense block path) and a plain dense fp32/bf16 matmul of the same weight; prints the M where
-the dense path starts to win (the rule INT4_KERNEL_MAX_ROWS in llmquant/formats/qlinear.py).
+the dense path starts to win (the rule INT4_KERNEL_MAX_ROWS in llmquant/formats/qlinear.py: compare
+the per-block sums, each Linear weighted by how often a block calls it).
 Timings are medians of repeated calls, interleaved, in one process.
 """
 
@@ -48,11 +49,13 @@ def main() -> None:
     torch.manual_seed(0)
     lines = header("int4 kernel vs dense path (SmolLM2 Linear shapes, W4 g64)", "python bench/kernels.py")
     lines += [f"{torch.get_num_threads()} threads. Microseconds per call (median). `int4` = _weight_int4pack_mm_for_cpu, `dense` = QuantLinear's "
-             "dequantize-block + matmul, `fp` = plain matmul with a float weight of the same dtype.", ""]
+             "dequantize-block + matmul (eager ops), `dense_c` = the same with the dequantization fused by torch.compile "
+             "(what evaluation uses by default), `fp` = plain matmul with a float weight of the same dtype.", ""]
+    fused = kernels.compiled_dequant()
     crossover = {}
     for dtype in (torch.float32, torch.bfloat16):
         lines += [f"## activations {str(dtype).removeprefix('torch.')}", "",
-                  "| layer | M | int4 | dense | fp |", "|---|---|---|---|---|"]
+                  "| layer | M | int4 | dense | dense_c | fp |", "|---|---|---|---|---|---|"]
         for name, (n, k) in SHAPES.items():
             w = torch.randn(n, k)
             q, s, z = quantize_rtn(w, 4, 64, sym=True)
@@ -65,14 +68,18 @@ def main() -> None:
                 x = torch.randn(rows, k, dtype=dtype)
                 t_int4 = timeit(lambda: kernels.int4_matmul(x, p), args.reps)
                 t_dense = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, zeros, 64), args.reps)
+                t_fused = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, zeros, 64, dequant=fused),
+                                 args.reps)
                 t_fp = timeit(lambda: x @ wf.t(), args.reps)
-                lines.append(f"| {name} | {rows} | {t_int4:.0f} | {t_dense:.0f} | {t_fp:.0f} |")
+                lines.append(f"| {name} | {rows} | {t_int4:.0f} | {t_dense:.0f} | {t_fused:.0f} | {t_fp:.0f} |")
                 if t_dense < t_int4:
-                    crossover.setdefault((dtype, name), rows)
+                    crossover.setdefault(("eager", dtype, name), rows)
+                if t_fused < t_int4:
+                    crossover.setdefault(("compiled", dtype, name), rows)
         lines.append("")
-    lines += ["## crossover (smallest M where dense beats int4)", ""]
-    for (dtype, name), rows in crossover.items():
-        lines.append(f"- {str(dtype).removeprefix('torch.')} {name}: M = {rows}")
+    lines += ["## crossover (smallest M where the dense path beats int4; none listed: int4 wins up to 512)", ""]
+    for (how, dtype, name), rows in sorted(crossover.items(), key=str):
+        lines.append(f"- {how} dequantization, {str(dtype).removeprefix('torch.')} {name}: M = {rows}")
     emit(lines, args.out)
 
 

@@ -32,9 +32,13 @@ from .kernels import (
     unpack_nibbles,
 )
 
-INT4_KERNEL_MAX_ROWS = 32
-"""Largest number of activation rows sent to the int4 kernel; above it the dense path wins
-(bench/results/kernels.md, measured on the team's 2-core AVX512/AMX machine)."""
+INT4_KERNEL_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 64}
+"""Largest number of activation rows sent to the int4 kernel, by activation dtype; above it the
+dense path (dequantize + one matmul). Measured with bench/kernels.py on the team's 2-core
+AVX512/AMX machine (bench/results/kernels-2026-11-27.md), summed over a SmolLM2 block: bf16
+activations int4 2.6 ms vs dense 3.5 ms at 64 rows, 5.2 vs 4.0 at 128. With fp32 activations the
+kernel would stay faster up to 128 rows (5.5 vs 7.1 ms) but computes in bf16: fp32 calls use it
+only for decode-sized inputs, so anything longer (prompts, perplexity windows) is exact fp32."""
 
 
 def _compact(t: Tensor, small: torch.dtype) -> Tensor:
@@ -96,8 +100,8 @@ class QuantLinear(nn.Module):
 
     # -- compute ---------------------------------------------------------------------------
     def path_for(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
-        if (self.packed is not None and rows <= INT4_KERNEL_MAX_ROWS and device.type == "cpu"
-                and dtype in (torch.float32, torch.bfloat16)):
+        if (self.packed is not None and device.type == "cpu"
+                and rows <= INT4_KERNEL_MAX_ROWS.get(dtype, 0)):
             return "int4"  # decode-sized calls: bf16 activations through the int4 kernel
         return "dense"
 

@@ -9,6 +9,8 @@ from llmquant.formats.kernels import pack_nibbles, unpack_int4_layout, unpack_ni
 from llmquant.formats.qlinear import QuantLinear
 from llmquant.quantize.grid import group_index, quantize_rtn
 
+DENSE_ROWS = qlinear.INT4_KERNEL_MAX_ROWS[torch.float32] + 1  # fp32 calls this long take the exact dense path
+
 
 def make_weight(out_f, in_f, bits, gs, sym=False, act_order=False, seed=0):
     torch.manual_seed(seed)
@@ -46,7 +48,7 @@ def test_dense_path_is_exact_in_fp32(out_f, in_f, bits, gs, act):
     bias = torch.randn(out_f)
     m = QuantLinear(iw, bias)
     assert m.packed is not None and m.layout == "int4pack" and m.rows is None  # one copy of the integers
-    rows = qlinear.INT4_KERNEL_MAX_ROWS + 1
+    rows = qlinear.INT4_KERNEL_MAX_ROWS[torch.float32] + 1
     x = torch.randn(rows, in_f)
     assert m.path_for(rows, torch.float32, x.device) == "dense"
     torch.testing.assert_close(m(x).double(), reference(x, iw, bias), rtol=1e-5, atol=1e-4)
@@ -76,12 +78,12 @@ def test_8bit_and_odd_shapes_use_dense_rows():
     iw = make_weight(96, 64, 8, 32)
     m = QuantLinear(iw, None)
     assert m.packed is None and m.rows.dtype == torch.uint8 and m.rows.shape == (96, 64)
-    x = torch.randn(40, 64)
+    x = torch.randn(DENSE_ROWS, 64)
     torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
     iw4 = make_weight(96, 64, 4, 32)  # 96 rows: not whole 64-row blocks of the int4 layout
     m4 = QuantLinear(iw4, None)
     assert m4.layout == "nibbles" and m4.rows.shape == (96, 32) and m4.packed is not None
-    x = torch.randn(40, 64)
+    x = torch.randn(DENSE_ROWS, 64)
     torch.testing.assert_close(m4(x).double(), reference(x, iw4), rtol=1e-5, atol=1e-4)
     assert rel_err(m4(x[:2]), reference(x[:2], iw4)) < 1e-2  # decode through the kernel still
 
@@ -146,7 +148,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     monkeypatch.setattr(kernels.torch, "compile", broken)
     iw = make_weight(64, 64, 4, 32)
     m = QuantLinear(iw, None, kernels.compiled_dequant())
-    x = torch.randn(40, 64)
+    x = torch.randn(DENSE_ROWS, 64)
     with caplog.at_level("WARNING", logger="llmquant"):
         torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
     assert "using eager kernels" in caplog.text
