@@ -66,6 +66,13 @@ def train_tiny_llama(out: Path, layers: int = 3, hidden: int = 64, intermediate:
     return out
 
 
+def load_fp32(model_dir: Path):
+    """An HF model directory loaded in float32, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return train_tiny_llama(tmp_path_factory.mktemp("tiny") / "model")
@@ -118,3 +125,17 @@ output: {{dir: {tmp_path / 'run'}, board: {tmp_path / 'board.sqlite'}}}
 def requires_shared(*parts: str):
     path = SHARED.joinpath(*parts)
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (the team's ../shared corpora); absent here")
+
+
+@pytest.fixture(scope="session")
+def tiny_calib(tiny_model_dir):
+    """(CalibrationSet of 12 random 64-token crops of the pydoc train text, seed 0; tokenizer)."""
+    from transformers import AutoTokenizer
+
+    from llmquant.quantize.base import CalibrationSet
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    ids = tok(pydoc_text("train"), return_tensors="pt").input_ids
+    g = torch.Generator().manual_seed(0)
+    starts = torch.randint(0, ids.shape[1] - 65, (12,), generator=g)
+    return CalibrationSet(torch.stack([ids[0, s:s + 64] for s in starts]), "tiny-calib"), tok

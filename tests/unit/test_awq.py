@@ -13,33 +13,21 @@ from llmquant.errors import UserError
 from llmquant.formats.load import load_checkpoint
 from llmquant.quantize import awq_arch, sequential
 from llmquant.quantize.awq import AWQHandler, AWQQuantizer, fold_scale
-from llmquant.quantize.base import CalibrationSet, QuantizeContext
+from llmquant.quantize.base import QuantizeContext
 from llmquant.recipe import AWQVariant
-from tests.conftest import pydoc_text, write_recipe
+from tests.conftest import load_fp32, write_recipe
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
 
 
 @pytest.fixture(scope="module")
-def calib(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids = tok(pydoc_text("train"), return_tensors="pt").input_ids
-    g = torch.Generator().manual_seed(0)
-    starts = torch.randint(0, ids.shape[1] - 65, (12,), generator=g)
-    return CalibrationSet(torch.stack([ids[0, s:s + 64] for s in starts]), "tiny-calib"), tok
-
-
-def load(model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+def calib(tiny_calib):
+    return tiny_calib
 
 
 def quantize(model_dir, calib, out, work_dir=None, **kw):
     ids, tok = calib
-    model = load(model_dir)
+    model = load_fp32(model_dir)
     variant = AWQVariant(name="a", method="awq", **({"bits": 4, "group_size": 32, "save_dtype": "float32"} | kw))
     summary = AWQQuantizer().quantize(model, variant, ids, out, QuantizeContext(tokenizer=tok, work_dir=work_dir))
     return model, summary
@@ -90,7 +78,7 @@ def test_folding_scales_is_a_no_op_on_the_float_model(kind):
 
 
 def test_gqa_leaves_v_to_o_out(tiny_model_dir):
-    block = load(tiny_model_dir).model.layers[0]  # 4 heads, 2 KV heads: v has 32 outputs, o 64 inputs
+    block = load_fp32(tiny_model_dir).model.layers[0]  # 4 heads, 2 KV heads: v has 32 outputs, o 64 inputs
     by_prev = {r.mapping.prev: r for r in awq_arch.resolve(awq_arch.LLAMA_LIKE, block, "model.layers.0")}
     assert not by_prev["self_attn.v_proj"].foldable and "grouped KV heads" in by_prev["self_attn.v_proj"].why_not
     assert all(by_prev[p].foldable for p in ("input_layernorm", "post_attention_layernorm", "mlp.up_proj"))
@@ -129,7 +117,7 @@ def test_checkpoint_is_awq_gemm_and_loads(tmp_path, tiny_model_dir, calib):
     w = ((q - z[g]) * s[g]).t()
     torch.testing.assert_close(w, model.get_submodule(name).weight, rtol=0, atol=1e-6)
     # folded norms are saved: they differ from the original model's
-    orig = load(tiny_model_dir)
+    orig = load_fp32(tiny_model_dir)
     assert not torch.allclose(t["model.layers.0.input_layernorm.weight"], orig.model.layers[0].input_layernorm.weight)
     loaded, _, info = load_checkpoint(out, "float32", "cpu")
     assert info.method == "awq" and info.bits == 4 and info.group_size == 32

@@ -11,12 +11,12 @@ from safetensors.torch import load_file
 from llmquant.errors import UserError
 from llmquant.formats.load import load_checkpoint
 from llmquant.quantize import sequential
-from llmquant.quantize.base import CalibrationSet, QuantizeContext
+from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.gptq import GPTQQuantizer, solve_layer
 from llmquant.quantize.gptq_math import accumulate_hessian, gptq_quantize
 from llmquant.quantize.targets import LayerSettings
 from llmquant.recipe import GPTQVariant
-from tests.conftest import pydoc_text
+from tests.conftest import load_fp32
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
            "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
@@ -25,25 +25,13 @@ GROUPS = [("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("self_a
 
 
 @pytest.fixture(scope="module")
-def calib(tiny_model_dir):
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
-    ids = tok(pydoc_text("train"), return_tensors="pt").input_ids
-    g = torch.Generator().manual_seed(0)
-    starts = torch.randint(0, ids.shape[1] - 65, (12,), generator=g)
-    return CalibrationSet(torch.stack([ids[0, s:s + 64] for s in starts]), "tiny-calib"), tok
-
-
-def load(model_dir):
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+def calib(tiny_calib):
+    return tiny_calib
 
 
 def quantize(model_dir, calib, out, work_dir=None, **kw):
     ids, tok = calib
-    model = load(model_dir)
+    model = load_fp32(model_dir)
     variant = GPTQVariant(name="g", method="gptq", **({"bits": 4, "group_size": 32, "save_dtype": "float32"} | kw))
     summary = GPTQQuantizer().quantize(model, variant, ids, out, QuantizeContext(tokenizer=tok, work_dir=work_dir))
     return model, summary
@@ -100,10 +88,10 @@ def reference_sequential(model, ids, variant, batch_size):
 def test_loop_matches_straightforward_reference(tmp_path, tiny_model_dir, calib, true_sequential):
     variant = GPTQVariant(name="g", method="gptq", bits=4, group_size=32, true_sequential=true_sequential)
     ids = calib[0].input_ids
-    ref = reference_sequential(load(tiny_model_dir), ids, variant, batch_size=5)
+    ref = reference_sequential(load_fp32(tiny_model_dir), ids, variant, batch_size=5)
     from llmquant.quantize.gptq import GPTQHandler
 
-    model = load(tiny_model_dir)
+    model = load_fp32(tiny_model_dir)
     settings = {f"model.layers.{i}.{n}": LayerSettings(4, 32, True) for i in range(3) for n in LINEARS}
     handler = GPTQHandler(model, variant, settings, "k")
     sequential.run_sequential(model, ids, handler, sequential.SequentialOptions(batch_size=5, staged=true_sequential))
@@ -116,7 +104,7 @@ def test_loop_matches_straightforward_reference(tmp_path, tiny_model_dir, calib,
 
 
 def test_groups_are_discovered_from_calls(tiny_model_dir, calib):
-    model = load(tiny_model_dir)
+    model = load_fp32(tiny_model_dir)
     block = model.model.layers[1]
     inputs, kwargs = sequential.capture_inputs(model, model.model.layers[0], calib[0].input_ids, 4, torch.device("cpu"))
     assert len(inputs) == 3 and inputs[0].shape == (4, 64, 64)
@@ -174,7 +162,7 @@ def test_not_positive_definite_is_retried_with_a_warning(caplog):
 
 def test_nan_inputs_stop_with_the_layer_name(tmp_path, tiny_model_dir, calib):
     ids, tok = calib
-    model = load(tiny_model_dir)
+    model = load_fp32(tiny_model_dir)
     with torch.no_grad():  # block 1's MLP input gets a NaN channel
         model.model.layers[1].post_attention_layernorm.weight[5] = float("nan")
     variant = GPTQVariant(name="g", method="gptq", group_size=32)
@@ -293,7 +281,7 @@ def test_bounded_parking_gives_bit_identical_results(tiny_model_dir, calib):
     settings = {f"model.layers.{i}.{n}": LayerSettings(3, 32, False) for i in range(3) for n in LINEARS}
     results = []
     for max_parked in (None, 1, 0):
-        model = load(tiny_model_dir)
+        model = load_fp32(tiny_model_dir)
         handler = GPTQHandler(model, variant, settings, "k")
         res = sequential.run_sequential(model, calib[0].input_ids, handler, sequential.SequentialOptions(
             batch_size=5, staged=True, keep_final=True, max_parked=max_parked))
