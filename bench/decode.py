@@ -56,7 +56,7 @@ def main() -> None:
     results = []
     for label, path, dtype in (("fp32 baseline", base, "float32"), ("W4 g64, fp32 model", w4, "float32"),
                                ("bf16 baseline", base, "bfloat16"), ("W4 g64, bf16 model", w4, "bfloat16")):
-        model, tok, _ = load_checkpoint(path, "float32", "cpu")
+        model, tok, _ = load_checkpoint(path, "float32", "cpu", compile_kernels=True)
         cast_model(model, DTYPES[dtype])
         ids = tok(text[:200000], return_tensors="pt").input_ids
         prompts = prompts_from_stream(ids, args.repeats, args.prompt_tokens)

@@ -62,13 +62,12 @@ def main() -> None:
             iw = IntWeight(q, s, z, group_index(k, 64), 4)
             m = QuantLinear(iw, None)
             p = kernels.Int4Packed(m.packed, m.scale_zero, m.kernel_group)
-            zeros = m.zeros.float() + m.q_shift
             wf = iw.dequantize().to(dtype)
             for rows in ROWS:
                 x = torch.randn(rows, k, dtype=dtype)
                 t_int4 = timeit(lambda: kernels.int4_matmul(x, p), args.reps)
-                t_dense = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, zeros, 64), args.reps)
-                t_fused = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, zeros, 64, dequant=fused),
+                t_dense = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, m.zeros, 64, m.q_shift), args.reps)
+                t_fused = timeit(lambda: kernels.int4_dense_matmul(x, m.packed, m.scales, m.zeros, 64, m.q_shift, dequant=fused),
                                  args.reps)
                 t_fp = timeit(lambda: x @ wf.t(), args.reps)
                 lines.append(f"| {name} | {rows} | {t_int4:.0f} | {t_dense:.0f} | {t_fused:.0f} | {t_fp:.0f} |")

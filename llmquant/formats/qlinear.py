@@ -32,13 +32,18 @@ from .kernels import (
     unpack_nibbles,
 )
 
-INT4_KERNEL_MAX_ROWS = {torch.float32: 32, torch.bfloat16: 64}
-"""Largest number of activation rows sent to the int4 kernel, by activation dtype; above it the
-dense path (dequantize + one matmul). Measured with bench/kernels.py on the team's 2-core
-AVX512/AMX machine (bench/results/kernels-2026-11-27.md), summed over a SmolLM2 block: bf16
-activations int4 2.6 ms vs dense 3.5 ms at 64 rows, 5.2 vs 4.0 at 128. With fp32 activations the
-kernel would stay faster up to 128 rows (5.5 vs 7.1 ms) but computes in bf16: fp32 calls use it
-only for decode-sized inputs, so anything longer (prompts, perplexity windows) is exact fp32."""
+INT4_KERNEL_MAX_ROWS = {
+    (torch.float32, False): 32, (torch.float32, True): 32,
+    (torch.bfloat16, False): 64, (torch.bfloat16, True): 32,
+}
+"""Largest number of activation rows sent to the int4 kernel, by (activation dtype, whether the
+dense path's dequantization is compiled); above it the dense path (dequantize + one matmul).
+Measured with bench/kernels.py on the team's 2-core AVX512/AMX machine
+(bench/results/kernels-2026-11-27-static.md), summed over a SmolLM2 block, bf16 activations:
+int4 1.4 ms vs compiled dense 1.6 ms at 32 rows, 2.7 vs 1.7 at 64; eager dense 4.1 ms at 64, 4.5
+vs int4 5.4 at 128. With fp32 activations the kernel would stay faster up to 64 rows but computes
+in bf16: fp32 calls use it only for decode-sized inputs, so longer ones (prompts, perplexity
+windows) are exact fp32."""
 
 
 def _compact(t: Tensor, small: torch.dtype) -> Tensor:
@@ -52,6 +57,7 @@ class QuantLinear(nn.Module):
                  dequant: Callable[..., Tensor] | None = None):
         super().__init__()
         self.dequant = dequant or dequant_int4_columns  # or a compiled version (kernels.compiled_dequant)
+        self.dequant_compiled = dequant is not None
         self.in_features, self.out_features, self.bits = weight.in_features, weight.out_features, weight.bits
         self.group_size = weight.in_features // weight.n_groups
         perm = contiguous_order(weight.g_idx)
@@ -101,7 +107,7 @@ class QuantLinear(nn.Module):
     # -- compute ---------------------------------------------------------------------------
     def path_for(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
         if (self.packed is not None and device.type == "cpu"
-                and rows <= INT4_KERNEL_MAX_ROWS.get(dtype, 0)):
+                and rows <= INT4_KERNEL_MAX_ROWS.get((dtype, self.dequant_compiled), 0)):
             return "int4"  # decode-sized calls: bf16 activations through the int4 kernel
         return "dense"
 
@@ -114,7 +120,7 @@ class QuantLinear(nn.Module):
         if path == "int4":
             y = int4_matmul(x2, Int4Packed(self.packed, self.scale_zero, self.kernel_group))
         elif self.layout == "int4pack":
-            y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros.float() + self.q_shift, self.group_size,
+            y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros, self.group_size, self.q_shift,
                                   dequant=self.dequant)
         else:
             y = rows_dense_matmul(x2, self.rows, self.layout == "nibbles", self.scales, self.zeros, self.g_idx)

@@ -9,7 +9,7 @@ from llmquant.formats.kernels import pack_nibbles, unpack_int4_layout, unpack_ni
 from llmquant.formats.qlinear import QuantLinear
 from llmquant.quantize.grid import group_index, quantize_rtn
 
-DENSE_ROWS = qlinear.INT4_KERNEL_MAX_ROWS[torch.float32] + 1  # fp32 calls this long take the exact dense path
+DENSE_ROWS = max(qlinear.INT4_KERNEL_MAX_ROWS[(torch.float32, c)] for c in (False, True)) + 1  # fp32 calls this long take the exact dense path
 
 
 def make_weight(out_f, in_f, bits, gs, sym=False, act_order=False, seed=0):
@@ -48,7 +48,7 @@ def test_dense_path_is_exact_in_fp32(out_f, in_f, bits, gs, act):
     bias = torch.randn(out_f)
     m = QuantLinear(iw, bias)
     assert m.packed is not None and m.layout == "int4pack" and m.rows is None  # one copy of the integers
-    rows = qlinear.INT4_KERNEL_MAX_ROWS[torch.float32] + 1
+    rows = max(qlinear.INT4_KERNEL_MAX_ROWS[(torch.float32, c)] for c in (False, True)) + 1
     x = torch.randn(rows, in_f)
     assert m.path_for(rows, torch.float32, x.device) == "dense"
     torch.testing.assert_close(m(x).double(), reference(x, iw, bias), rtol=1e-5, atol=1e-4)
@@ -133,8 +133,10 @@ def test_compiled_dequantization_is_bit_identical():
     iw = make_weight(192, 128, 4, 32)
     eager, fused = QuantLinear(iw, None), QuantLinear(iw, None, compiled_dequant())
     for dtype in (torch.float32, torch.bfloat16):
-        x = torch.randn(50, 128).to(dtype)
+        x = torch.randn(100, 128).to(dtype)
+        assert fused.path_for(100, dtype, x.device) == "dense"
         assert torch.equal(eager(x), fused(x))
+        assert rel_err(fused(x), reference(x, iw)) < (1e-6 if dtype == torch.float32 else 1e-2)
 
 
 def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
@@ -152,3 +154,34 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     with caplog.at_level("WARNING", logger="llmquant"):
         torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
     assert "using eager kernels" in caplog.text
+
+
+def test_compiled_dequant_runs_shapes_past_its_cap_eagerly(monkeypatch):
+    from llmquant.formats import kernels
+
+    real, eager_shapes = kernels.dequant_int4_columns, []
+
+    def counting(*args):
+        eager_shapes.append(tuple(args[0].shape))
+        return real(*args)
+
+    monkeypatch.setattr(kernels, "dequant_int4_columns", counting)
+    fn = kernels.compiled_dequant(max_shapes=1)
+    iw1, iw2 = make_weight(64, 64, 4, 32), make_weight(128, 64, 4, 32)
+    m1, m2 = QuantLinear(iw1, None, fn), QuantLinear(iw2, None, fn)
+    x = torch.randn(DENSE_ROWS, 64)
+    for m, iw in ((m1, iw1), (m2, iw2), (m1, iw1)):
+        torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
+    assert eager_shapes == [(64, 2, 32)]  # only the second shape ran eagerly; the first stayed compiled
+
+
+def test_kernel_rule_depends_on_compiled_dequantization():
+    from llmquant.formats.kernels import compiled_dequant
+
+    iw = make_weight(128, 128, 4, 64)
+    eager, fused = QuantLinear(iw, None), QuantLinear(iw, None, compiled_dequant())
+    cpu = torch.device("cpu")
+    assert eager.path_for(1, torch.bfloat16, cpu) == fused.path_for(1, torch.bfloat16, cpu) == "int4"
+    # 48 prompt rows in bf16: the eager dense path is slower than the kernel, the compiled one faster
+    assert eager.path_for(48, torch.bfloat16, cpu) == "int4" and fused.path_for(48, torch.bfloat16, cpu) == "dense"
+    assert eager.path_for(48, torch.float32, cpu) == fused.path_for(48, torch.float32, cpu) == "dense"
