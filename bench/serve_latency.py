@@ -59,7 +59,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--variants", default=None, help="comma-separated names (default: all); baseline always runs")
-    ap.add_argument("--dtype", default="float32", help="built-in server dtype")
+    ap.add_argument("--dtype", default="auto", help="built-in server dtype (auto: bf16 on CPUs that have it)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 

@@ -387,11 +387,14 @@ def serve_cmd(
     name: Optional[str] = typer.Option(None, help="Model name clients ask for (default: the variant's name)."),
     api_key: Optional[str] = typer.Option(None, "--api-key", help="Require 'Authorization: Bearer KEY' "
                                           "(default: $LLMQUANT_API_KEY, else the recipe's serve.api_key_env)."),
-    dtype: Optional[str] = typer.Option(None, help="Built-in server: float32 | bfloat16 | float16."),
+    dtype: Optional[str] = typer.Option(None, help="Built-in server: auto | float32 | bfloat16 | float16 (auto: "
+                                                   "bf16 on CPUs that have it, fp16 on CUDA)."),
     device: Optional[str] = typer.Option(None, help="Built-in server: auto | cpu | cuda."),
     max_tokens: Optional[int] = typer.Option(None, help="Built-in server: largest max_tokens a request may ask for."),
     queue: Optional[int] = typer.Option(None, help="Built-in server: requests that may wait; more get 429."),
     max_body_bytes: Optional[int] = typer.Option(None, help="Built-in server: larger request bodies get 413."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="Built-in server: fuse packed "
+                                           "weights' dequantization with torch.compile (default on; same results)."),
     max_model_len: Optional[int] = typer.Option(None, help="vLLM: context length (default: the largest that fits)."),
     gpu_memory_utilization: Optional[float] = typer.Option(None, help="vLLM: fraction of each GPU to use (0.9)."),
     tensor_parallel_size: Optional[int] = typer.Option(None, "--tensor-parallel-size", "--tp", help="vLLM: GPUs "
@@ -414,7 +417,7 @@ def serve_cmd(
 
     overrides = {"engine": engine, "host": host, "port": port, "model_name": name,
                  "local": {"dtype": dtype, "device": device, "max_tokens": max_tokens, "queue": queue,
-                           "max_body_bytes": max_body_bytes},
+                           "max_body_bytes": max_body_bytes, "compile": compile},
                  "vllm": {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
                           "tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size,
                           "distributed_executor_backend": distributed_executor_backend,

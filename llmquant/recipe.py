@@ -348,8 +348,11 @@ class OutputSpec(Strict):
 class LocalServeSpec(Strict):
     """The built-in OpenAI-compatible server (CPU, or any device torch has)."""
 
-    dtype: Dtype = "float32"
+    dtype: Dtype = Field("auto", description="compute dtype; auto = float16 on CUDA, bfloat16 on CPUs with "
+                                             "AVX512-bf16/AMX, else float32")
     device: Device = "auto"
+    compile: bool = Field(True, description="fuse packed weights' dequantization with torch.compile for prompts "
+                                            "(same results; compiled while the server starts)")
     max_tokens: int = Field(512, ge=1, description="largest max_tokens a request may ask for")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="larger request bodies get 413")
     queue: int = Field(8, ge=0, description="requests that may wait while one generates; more get 429")

@@ -98,13 +98,16 @@ def log_path(target: ServeTarget, engine: str, tag: str = "serve") -> Path:
 
 def load_decoder(target: ServeTarget, serve: ServeSpec, trust_remote_code: bool = False):
     from ..formats.load import load_checkpoint
-    from ..loading import pick_device, set_threads
+    from ..loading import pick_device, resolve_dtype, set_threads
     from .textgen import Decoder
 
     set_threads()
-    model, tok, _ = load_checkpoint(target.checkpoint, serve.local.dtype, pick_device(serve.local.device),
-                                    trust_remote_code)
-    return Decoder(model, tok)
+    device = pick_device(serve.local.device)
+    model, tok, _ = load_checkpoint(target.checkpoint, resolve_dtype(serve.local.dtype, device), device,
+                                    trust_remote_code, compile_kernels=serve.local.compile)
+    decoder = Decoder(model, tok)
+    decoder.warm_up()  # compiles the packed layers' kernels now rather than in the first request
+    return decoder
 
 
 def local_settings(serve: ServeSpec, name: str, key: str | None):
@@ -149,7 +152,7 @@ def local_argv(target: ServeTarget, serve: ServeSpec, name: str, port: int) -> l
     return [sys.executable, "-m", "llmquant.cli", "serve", str(target.checkpoint), "--engine", "local",
             "--host", "127.0.0.1", "--port", str(port), "--name", name, "--dtype", loc.dtype, "--device", loc.device,
             "--max-tokens", str(loc.max_tokens), "--queue", str(loc.queue),
-            "--max-body-bytes", str(loc.max_body_bytes)]
+            "--max-body-bytes", str(loc.max_body_bytes), "--compile" if loc.compile else "--no-compile"]
 
 
 def start_background(target: ServeTarget, serve: ServeSpec, engine: str, key: str | None = None,

@@ -103,6 +103,13 @@ class Decoder:
         self.max_positions = int(getattr(model.config, "max_position_embeddings", 0) or 0) or None
         self.vocab = model.get_input_embeddings().num_embeddings  # token ids a prompt may hold
 
+    def warm_up(self, prompt_tokens: int = 128) -> None:
+        """One prompt and one decode step, so one-time work (compiling packed layers' kernels,
+        thread pools) happens before the first request instead of inside it."""
+        n = min(prompt_tokens, self.max_positions - 1) if self.max_positions else prompt_tokens
+        _, cache = self.prefill([0] * max(1, n))
+        self.step(0, cache)
+
     @torch.inference_mode()
     def prefill(self, ids: list[int]) -> tuple[Tensor, Any]:
         out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)

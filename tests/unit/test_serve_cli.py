@@ -97,7 +97,7 @@ def test_dry_run_local(run_dir):
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert (f"llmquant serve {run_dir / 'variants/w4/checkpoint'} --engine local --host 127.0.0.1 --port 9001 "
-            "--name w4 --dtype float32 --device auto --max-tokens 64") in out
+            "--name w4 --dtype auto --device auto --max-tokens 64") in out and out.endswith("--compile")
 
 
 @pytest.mark.parametrize("args, message", [
