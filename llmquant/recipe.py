@@ -273,7 +273,7 @@ AWQ_BITS = (4,)
 zero-point types are uint4 only (marlin_utils.query_marlin_supported_quant_types)."""
 
 
-class AWQVariant(WeightOnlyVariant):
+class AWQVariant(PeerBackedVariant):
     """AWQ: per-channel scales searched on calibration activations, folded into the previous op,
     then clipping and round-to-nearest on AWQ's asymmetric grid; an AWQ GEMM checkpoint."""
 
@@ -291,6 +291,7 @@ class AWQVariant(WeightOnlyVariant):
         "auto", description="matmul dtype while calibrating (block forwards, statistics, search); auto: bfloat16 "
                             "where the device computes it fast (AMX/AVX512-BF16 CPUs, CUDA), else float32")
     max_chunk_memory_mb: int = Field(1024, ge=16, description="working memory bound of one search forward")
+    backend: Literal[METHOD_BACKENDS["awq"]] = backend_field()  # type: ignore[valid-type]
 
     @field_validator("bits")
     @classmethod

@@ -64,6 +64,11 @@ BACKENDS: dict[str, PeerBackend] = {
         formats={"gptq": "gptq-v1", "awq": "awq-gemm"},
         ignores={
             "gptq": {"block_size": "gptqmodel uses its own lazy-update block (speed only)"},
+            "awq": {**{k: "gptqmodel runs AutoAWQ's search with its defaults (n_grid 20, duo scaling, clipping)"
+                        for k in ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink",
+                                  "search_samples")},
+                    "calib_dtype": "gptqmodel's CPU AWQ packing kernel takes bf16/fp16 only: it calibrates in bf16",
+                    "max_chunk_memory_mb": "gptqmodel bounds its own working memory (speed only)"},
         },
         env={"GPTQMODEL_CPU_WORKERS": "{threads}"},
     ),
@@ -85,6 +90,10 @@ BACKENDS: dict[str, PeerBackend] = {
                 "true_sequential=true": "llm-compressor calibrates all Linears of a block on the block's "
                                         "inputs before any of them is quantized",
             },
+            "awq": {**{k: "llm-compressor runs its AWQModifier with its defaults (n_grid 20, duo scaling)"
+                       for k in ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink",
+                                 "search_samples", "calib_dtype")},
+                    "max_chunk_memory_mb": "llm-compressor bounds its own working memory (speed only)"},
         },
     ),
 }
@@ -93,8 +102,8 @@ METHOD_BACKENDS: dict[str, tuple[str, ...]] = {
     "gptq": (OURS, "gptqmodel", "llmcompressor"),
     "awq": (OURS, "gptqmodel", "llmcompressor"),
 }
-"""Which backends may quantize each method. `awq` is listed for when the method lands: its
-variant class needs a `backend` field like GPTQVariant's (see peers/README in the report)."""
+"""Which backends may quantize each method (each method's variant class declares a `backend`
+field from this table)."""
 
 PEER_NAMES = tuple(BACKENDS)
 

@@ -5,7 +5,8 @@ Tested with gptqmodel 7.6.0 on torch 2.13.0+cpu. Set GPTQMODEL_CPU_WORKERS to th
 (llmquant does). Settings map one to one (bits, group_size, sym, desc_act, damp_percent,
 static_groups, true_sequential, act_group_aware, lm_head); the model is loaded in float32
 (gptqmodel picks bf16 on a CPU unless told). Writes a GPTQ v1 checkpoint (gptqmodel's default
-format) for `gptq`, AWQ GEMM for `awq`.
+format) for `gptq`, AWQ GEMM for `awq`. AWQ runs in bfloat16 with packing backend torch_awq: its
+default choice (AwqGEMMLinear) needs CUDA and AwqTorchLinear takes bf16/fp16 only.
 """
 
 from __future__ import annotations
@@ -45,12 +46,13 @@ def awq_config(s: dict) -> dict:
 
 def quantize(job: dict, progress, method: str) -> dict:
     import torch
-    from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel import BACKEND, GPTQModel, QuantizeConfig
 
     torch.manual_seed(job.get("seed", 0))
     warmup_s = warm_up(progress)
     kwargs = gptq_config(job["settings"]) if method == "gptq" else awq_config(job["settings"])
-    dtype = job.get("dtype", "float32")
+    dtype = job.get("dtype", "float32") if method == "gptq" else "bfloat16"
+    quantize_kw = {} if method == "gptq" or torch.cuda.is_available() else {"backend": BACKEND.TORCH_AWQ}
     qc = QuantizeConfig(**kwargs)
     ids = wc.read_calibration(job["calibration"])
     calibration = [{"input_ids": row.tolist(), "attention_mask": [1] * row.numel()} for row in ids]
@@ -62,7 +64,7 @@ def quantize(job: dict, progress, method: str) -> dict:
     t0 = time.perf_counter()
     with progress.task(f"{method} (gptqmodel): quantize", len(layers) or None) as advance:
         handles = wc.block_notes(layers, advance)
-        model.quantize(calibration, batch_size=1)
+        model.quantize(calibration, batch_size=1, **quantize_kw)
         for h in handles:
             h.remove()
     quantize_s = time.perf_counter() - t0
@@ -73,7 +75,7 @@ def quantize(job: dict, progress, method: str) -> dict:
     from gptqmodel.version import __version__
 
     return {"peer": "gptqmodel", "version": __version__, "method": method, "dtype": dtype,
-            "peer_config": {k: v for k, v in kwargs.items()},
+            "peer_config": {**kwargs, **{k: str(v) for k, v in quantize_kw.items()}},
             "seconds": {"warmup": warmup_s, "load": load_s, "quantize": quantize_s, "save": save_s,
                         "quantize_and_save": quantize_s + save_s}}
 

@@ -14,9 +14,10 @@ JOB_VERSION = 1  # must equal worker_common.JOB_VERSION
 SETTINGS = {
     "gptq": ("bits", "group_size", "sym", "desc_act", "static_groups", "act_group_aware", "damp_percent",
              "true_sequential", "block_size", "quantize_lm_head"),
-    "awq": ("bits", "group_size", "sym", "quantize_lm_head"),
+    "awq": ("bits", "group_size", "quantize_lm_head"),
 }
-"""Our settings passed to a peer, per method (the rest of a variant: name, save_dtype, backend)."""
+"""Our settings passed to a peer, per method (the rest of a variant: name, save_dtype, backend);
+AWQ's grid goes as `sym` (not zero_point), the name both peers use."""
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,10 @@ class PeerJob:
 
 
 def settings_for(method: str, variant) -> dict:
-    return {k: getattr(variant, k) for k in SETTINGS[method] if hasattr(variant, k)}
+    settings = {k: getattr(variant, k) for k in SETTINGS[method] if hasattr(variant, k)}
+    if method == "awq":
+        settings["sym"] = not variant.zero_point
+    return settings
 
 
 def make_job(method: str, variant, model_dir: Path, calibration: Path, out_dir: Path, result: Path,

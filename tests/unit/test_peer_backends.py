@@ -261,18 +261,57 @@ def test_peer_failure_is_one_line_and_leaves_no_checkpoint(tiny_recipe, tmp_path
     assert not os.path.exists(tmp_path / "run" / "variants" / "peer" / "manifest.json")
 
 
-def test_another_method_plugs_in_by_the_table_entry():
-    """How `awq` gets peers when its variant lands: subclass PeerBackedVariant, declare the field."""
-    from typing import Literal
+def test_awq_variant_takes_peer_backends():
+    from llmquant.peers import job as job_mod
+    from llmquant.recipe import AWQVariant
 
-    from llmquant.peers import METHOD_BACKENDS
-    from llmquant.recipe import PeerBackedVariant, backend_field
+    v = AWQVariant(name="a", method="awq", bits=4, group_size=64, backend="llmcompressor")
+    assert v.backend == "llmcompressor"
+    assert "backend" not in AWQVariant(name="a", method="awq", bits=4).model_dump()  # cache keys unchanged
+    with pytest.raises(ValueError, match="overrides are not passed to backend gptqmodel"):
+        AWQVariant(name="a", method="awq", bits=4, backend="gptqmodel", overrides=[{"pattern": "down_proj", "skip": True}])
+    # the peers name AWQ's grid by `sym`: zero points (our default) are sym false
+    assert job_mod.settings_for("awq", v) == {"bits": 4, "group_size": 64, "quantize_lm_head": False, "sym": False}
+    sym = AWQVariant(name="a", method="awq", bits=4, group_size=64, zero_point=False, backend="gptqmodel")
+    assert job_mod.settings_for("awq", sym)["sym"] is True
 
-    class AWQLike(PeerBackedVariant):
-        method: Literal["awq"]
-        backend: Literal[METHOD_BACKENDS["awq"]] = backend_field()  # type: ignore[valid-type]
 
-    assert AWQLike(name="a", method="awq", bits=4, backend="llmcompressor").backend == "llmcompressor"
-    assert "backend" not in AWQLike(name="a", method="awq", bits=4).model_dump()
-    with pytest.raises(ValueError, match="quantize_lm_head is not passed to backend gptqmodel"):
-        AWQLike(name="a", method="awq", bits=4, backend="gptqmodel", quantize_lm_head=True)
+def test_awq_settings_a_peer_cannot_honour_are_named():
+    from llmquant.peers import BACKENDS
+    from llmquant.recipe import AWQVariant
+
+    default = AWQVariant(name="a", method="awq", bits=4, backend="gptqmodel")
+    assert BACKENDS["gptqmodel"].ignored("awq", default) == {}
+    tuned = AWQVariant(name="a", method="awq", bits=4, n_grid=40, calib_dtype="float32", backend="gptqmodel")
+    assert set(BACKENDS["gptqmodel"].ignored("awq", tuned)) == {"n_grid", "calib_dtype"}
+    assert "n_grid" in BACKENDS["llmcompressor"].ignored("awq", tuned)
+
+
+def test_awq_by_a_fake_gptqmodel_ranks_next_to_ours(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch):
+    """The gptqmodel worker's AWQ path end to end: bf16, the torch_awq packing backend on a CPU,
+    an AWQ GEMM checkpoint read by our loader. The fake writes the asymmetric RTN grid, so it
+    scores as our rtn with sym false."""
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    monkeypatch.delenv("LLMQUANT_GPTQMODEL_PYTHON", raising=False)
+    record = tmp_path / "record.json"
+    monkeypatch.setenv("FAKE_PEER_RECORD", str(record))
+    python = fake_interpreter(tmp_path / "fake")
+    path = tiny_recipe(variants="""
+  - {name: rtn4a, method: rtn, bits: 4, group_size: 32, sym: false}
+  - {name: awq4, method: awq, bits: 4, group_size: 32, backend: gptqmodel}
+""", extra=CALIB + f"peers: {{gptqmodel: {python}}}\n")
+    summary = run(load_recipe(path))
+    got = json.loads(record.read_text())
+    assert got["config"] == {"method": "awq", "format": "gemm", "bits": 4, "group_size": 32, "sym": False,
+                             "lm_head": False}
+    assert got["dtype"] == "torch.bfloat16" and got["backend"] == "torch_awq"
+    out = {o.name: o for o in summary.variants}
+    peer = out["awq4"].summary
+    assert peer["backend"] == "gptqmodel 7.6.0" and peer["format"] == "awq-gemm"
+    assert peer["peer"]["peer_config"]["backend"] == "torch_awq"
+    # the fake quantized the bf16-loaded weights: within bf16 rounding of our fp32 asymmetric RTN
+    assert out["awq4"].result.ppl == pytest.approx(out["rtn4a"].result.ppl, rel=2e-2)
+
+
