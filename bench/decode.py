@@ -64,7 +64,8 @@ def main() -> None:
         results.append((label, lat, resident_bytes(model)))
         del model
     base_lat, base_mem = results[0][1], results[0][2]
-    lines = header("Packed-weight inference on the CPU (SmolLM2-135M)", "python bench/decode.py")
+    command = "python bench/decode.py" + (f" --checkpoint {args.checkpoint}" if args.checkpoint else "")
+    lines = header("Packed-weight inference on the CPU (SmolLM2-135M)", command)
     lines += [f"Checkpoint: {w4}. Prompt {args.prompt_tokens} tokens, {args.decode_tokens} decoded, "
               f"median of {args.repeats} runs after 1 warm-up, batch 1.", "",
               "| model | TTFT ms (median) | TTFT p90 | decode tok/s | vs fp32 | resident weights MB | vs fp32 |",

@@ -138,11 +138,17 @@ def serve_foreground(target: ServeTarget, serve: ServeSpec, engine: str, key: st
         if rc:
             raise UserError(f"vllm serve exited with code {rc}: {srv.tail()} (log: {srv.log_path})")
         return
-    from .local import create_app
+    from .local import create_app, model_thread
     from .running import serve_forever
 
     say(f"loading {target.checkpoint} ({target.info.format}) for the built-in server")
-    app = create_app(load_decoder(target, serve, trust_remote_code), local_settings(serve, name, key))
+    pool = model_thread()  # loads, warms up and generates: one thread for all torch work
+    try:
+        decoder = pool.submit(load_decoder, target, serve, trust_remote_code).result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    app = create_app(decoder, local_settings(serve, name, key), pool)
     serve_forever(app, serve.host, serve.port, on_ready=lambda port: say(
         f"serving {name!r} at http://{serve.host}:{port}/v1 (built-in server; Ctrl-C stops it)"))
 

@@ -3,7 +3,10 @@ reads: `/v1/models`, `/v1/completions`, `/v1/chat/completions`, streaming (SSE) 
 
 One generation runs at a time (on a CPU a second one would only halve both); up to `queue`
 more wait their turn, and beyond that a request gets 429 at once. Every model call runs on one
-worker thread, so the event loop keeps answering (health, 429s) while a generation runs.
+worker thread, so the event loop keeps answering (health, 429s) while a generation runs; the
+model is best loaded on that same thread too (`model_thread`): torch ops on a thread other than
+the one whose OpenMP team did the earlier parallel work ran ~2x slower on the team's 2-core CPU
+(bench/results/serve_latency-2026-11-27.md).
 Errors are OpenAI-style JSON: 400 bad JSON or parameters, 401 missing/wrong bearer token,
 404 unknown model, 413 body too large, 429 queue full, 500 a bug (logged; the server lives on).
 """
@@ -80,10 +83,15 @@ class Generation:
         return delta
 
 
+def model_thread() -> ThreadPoolExecutor:
+    """The one thread that loads the model and runs every call into it."""
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmquant-model")
+
+
 class LocalEngine:
-    def __init__(self, decoder: Decoder):
+    def __init__(self, decoder: Decoder, pool: ThreadPoolExecutor | None = None):
         self.decoder = decoder
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmquant-generate")
+        self.pool = pool or model_thread()
 
     async def run(self, gen: Generation) -> AsyncIterator[str]:
         loop = asyncio.get_running_loop()
@@ -138,9 +146,9 @@ def sse(obj: Any) -> str:
 class Server:
     """The app's state and handlers (one model)."""
 
-    def __init__(self, decoder: Decoder, settings: LocalSettings):
+    def __init__(self, decoder: Decoder, settings: LocalSettings, pool: ThreadPoolExecutor | None = None):
         self.decoder, self.s = decoder, settings
-        self.engine = LocalEngine(decoder)
+        self.engine = LocalEngine(decoder, pool)
         self.admission = Admission(settings.concurrent, settings.queue)
         self.created = int(time.time())
 
@@ -250,8 +258,9 @@ def error_response(e: ApiError) -> JSONResponse:
     return JSONResponse(e.body(), status_code=e.status, headers=e.headers)
 
 
-def create_app(decoder: Decoder, settings: LocalSettings) -> FastAPI:
-    srv = Server(decoder, settings)
+def create_app(decoder: Decoder, settings: LocalSettings, pool: ThreadPoolExecutor | None = None) -> FastAPI:
+    """The app; `pool` is the model thread the decoder was loaded on (model_thread), if any."""
+    srv = Server(decoder, settings, pool)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

@@ -242,3 +242,32 @@ def test_shutdown_closes_the_port(decoders):
     assert not srv.thread.is_alive()
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0
+
+
+def test_foreground_server_loads_and_generates_on_one_model_thread(monkeypatch, tmp_path):
+    """Loading, warm-up and every generation share one thread (torch ops ran ~2x slower on a
+    thread other than the one that did the earlier parallel work)."""
+    from types import SimpleNamespace
+
+    from llmquant.recipe import ServeSpec
+    from llmquant.serve import engine, local, running
+
+    seen = {}
+
+    def fake_load(target, serve, trust):
+        seen["load_thread"] = threading.current_thread()
+        return "decoder"
+
+    def fake_app(decoder, settings, pool=None):
+        seen["decoder"], seen["pool"] = decoder, pool
+        return "app"
+
+    monkeypatch.setattr(engine, "load_decoder", fake_load)
+    monkeypatch.setattr(local, "create_app", fake_app)
+    monkeypatch.setattr(running, "serve_forever", lambda app, host, port, on_ready=None: seen.setdefault("app", app))
+    target = SimpleNamespace(checkpoint=tmp_path, name="m", info=SimpleNamespace(format="hf"))
+    engine.serve_foreground(target, ServeSpec(engine="local"), "local", None)
+    assert seen["decoder"] == "decoder" and seen["app"] == "app"
+    assert seen["load_thread"] is not threading.main_thread()
+    assert seen["pool"].submit(threading.current_thread).result() is seen["load_thread"]
+    seen["pool"].shutdown()
