@@ -42,10 +42,11 @@ def main() -> None:
     ap.add_argument("run_dir", type=Path)
     ap.add_argument("--command", required=True, help="the command that made the run (recorded)")
     ap.add_argument("--note", action="append", default=[], help="a line added under the header")
+    ap.add_argument("--title", default="GPTQ W4 g64", help="what is compared (the page's title)")
     ap.add_argument("--out")
     args = ap.parse_args()
     results = json.loads((args.run_dir / "results.json").read_text())
-    lines = header("Peers on our protocol: SmolLM2-135M GPTQ W4 g64", args.command)
+    lines = header(f"Peers on our protocol: SmolLM2-135M {args.title}", args.command)
     lines[-1:-1] = [f"- {n}" for n in args.note]
     lines += [(args.run_dir / "leaderboard.md").read_text().replace("# ", "## ", 1), "",
               "## Who quantized what", ""] + peer_lines(results)
