@@ -34,21 +34,22 @@ def compiled_dequant(max_shapes: int = 8) -> Callable[..., Tensor]:
     compilation and 3-10x faster than the eager ops (bench/results/kernels-*.md). Shapes past
     `max_shapes` (torch's default recompile limit) run the eager ops."""
     compiled = torch.compile(_dequant_int4_columns_fusable, dynamic=False)
-    state: dict = {"fn": compiled, "shapes": set()}
+    shapes: set = set()  # compiled so far
+    failed: list[bool] = [False]
 
     def run(blocks: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int, dtype: torch.dtype) -> Tensor:
         args = (blocks, scales, zeros, shift, group, dtype)
         key = (tuple(blocks.shape), tuple(scales.shape), scales.dtype, zeros.dtype, shift, group, dtype)
-        if state["fn"] is dequant_int4_columns or (key not in state["shapes"] and len(state["shapes"]) >= max_shapes):
+        if failed[0] or (key not in shapes and len(shapes) >= max_shapes):
             return dequant_int4_columns(*args)
         try:
             out = compiled(*args)
         except Exception as e:  # torch._dynamo/inductor raise many types; eager is always correct
             log.warning("torch.compile of the int4 dequantization failed (%s); using eager kernels",
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
-            state["fn"] = dequant_int4_columns
+            failed[0] = True
             return dequant_int4_columns(*args)
-        state["shapes"].add(key)
+        shapes.add(key)
         return out
 
     return run

@@ -57,7 +57,6 @@ class QuantLinear(nn.Module):
                  dequant: Callable[..., Tensor] | None = None):
         super().__init__()
         self.dequant = dequant or dequant_int4_columns  # or a compiled version (kernels.compiled_dequant)
-        self.dequant_compiled = dequant is not None
         self.in_features, self.out_features, self.bits = weight.in_features, weight.out_features, weight.bits
         self.group_size = weight.in_features // weight.n_groups
         perm = contiguous_order(weight.g_idx)
@@ -107,7 +106,7 @@ class QuantLinear(nn.Module):
     # -- compute ---------------------------------------------------------------------------
     def path_for(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
         if (self.packed is not None and device.type == "cpu"
-                and rows <= INT4_KERNEL_MAX_ROWS.get((dtype, self.dequant_compiled), 0)):
+                and rows <= INT4_KERNEL_MAX_ROWS.get((dtype, self.dequant is not dequant_int4_columns), 0)):
             return "int4"  # decode-sized calls: bf16 activations through the int4 kernel
         return "dense"
 

@@ -55,6 +55,9 @@ def _venv_install(name: str, pip: str) -> str:
             f"peers/{name}/bin/pip install {pip}")
 
 
+AWQ_SEARCH_OPTIONS = ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink", "search_samples")
+"""Our AWQ search settings no peer takes (each runs its own defaults)."""
+
 BACKENDS: dict[str, PeerBackend] = {
     "gptqmodel": PeerBackend(
         name="gptqmodel", package="gptqmodel", worker="gptqmodel_worker.py",
@@ -65,8 +68,7 @@ BACKENDS: dict[str, PeerBackend] = {
         ignores={
             "gptq": {"block_size": "gptqmodel uses its own lazy-update block (speed only)"},
             "awq": {**{k: "gptqmodel runs AutoAWQ's search with its defaults (n_grid 20, duo scaling, clipping)"
-                        for k in ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink",
-                                  "search_samples")},
+                        for k in AWQ_SEARCH_OPTIONS},
                     "calib_dtype": "gptqmodel's CPU AWQ packing kernel takes bf16/fp16 only: it calibrates in bf16",
                     "max_chunk_memory_mb": "gptqmodel bounds its own working memory (speed only)"},
         },
@@ -91,8 +93,7 @@ BACKENDS: dict[str, PeerBackend] = {
                                         "inputs before any of them is quantized",
             },
             "awq": {**{k: "llm-compressor runs its AWQModifier with its defaults (n_grid 20, duo scaling)"
-                       for k in ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink",
-                                 "search_samples", "calib_dtype")},
+                       for k in (*AWQ_SEARCH_OPTIONS, "calib_dtype")},
                     "max_chunk_memory_mb": "llm-compressor bounds its own working memory (speed only)"},
         },
     ),
