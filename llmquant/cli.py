@@ -30,12 +30,33 @@ app = typer.Typer(
 STATE = {"debug": False}
 
 
+def _version(value: bool) -> None:
+    if value:
+        from .cpu import environment_lines
+
+        typer.echo(environment_lines()[0])
+        typer.echo(environment_lines()[1])
+        raise typer.Exit()
+
+
 @app.callback()
-def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs.")) -> None:
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+          version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version, torch's and the CPU capability detected; exit.")) -> None:
     from .console import setup_logging
 
     STATE["debug"] = debug
     setup_logging(debug)
+
+
+@app.command("env")
+def env_command() -> None:
+    """What this machine offers llmquant: versions, CPU model, torch's dispatch capability (and
+    whether ATEN_CPU_CAPABILITY emulates a lesser CPU), bf16, int4 layout, GPU, threads."""
+    from .cpu import environment_lines
+
+    for line in environment_lines(full=True):
+        typer.echo(line)
 
 
 def handle_errors(fn: Callable) -> Callable:
@@ -436,7 +457,10 @@ def serve_cmd(
 
 
 def main() -> None:
+    from .cpu import isolate_inductor_cache
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    isolate_inductor_cache()
     app()
 
 

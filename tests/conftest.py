@@ -12,6 +12,14 @@ import torch
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from llmquant.cpu import cpu_info, isolate_inductor_cache  # noqa: E402
+
+isolate_inductor_cache()  # torch.compile kernels must not cross dispatch capabilities
+
+
+def pytest_report_header(config):
+    return f"llmquant cpu: {cpu_info().line()}"
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared"
 

@@ -20,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..board import Board, Row, render_markdown
+from ..cpu import environment
 from ..errors import UserError
 from ..pipeline import in_recipe
 from ..progress import NULL_PROGRESS, Progress
@@ -114,7 +115,8 @@ def _evaluate(artifact: Artifact, recipe: ClassicRecipe, splits: Splits, protoco
     m = measure(runner, splits.validation, v.batch_size, v.latency.warmup, v.latency.repeats)
     wbytes = onnx_weights_bytes(artifact.path) if artifact.format == "onnx" else program_weights_bytes(artifact.path)
     env = {"torch": torch.__version__, "llmquant": __version__, "python": platform.python_version(),
-           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+           "machine": platform.machine(), "processor": platform.processor() or platform.machine(),
+           **environment()}
     return ClassicResult("accuracy", m.accuracy, m.n, m.nonfinite, m.latency_ms_median, m.latency_ms_p90,
                          m.throughput, m.throughput_batch, artifact.size_bytes, wbytes, artifact.format, protocol,
                          m.seconds, env)

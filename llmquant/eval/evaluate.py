@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file
 
 from .. import __version__
+from ..cpu import environment
 from ..errors import UserError
 from ..loading import DTYPES, pick_device, set_threads
 from ..progress import NULL_PROGRESS, Progress
@@ -181,7 +182,8 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
         seconds={"load": t_load, "perplexity": t_ppl, "total": time.perf_counter() - t0,
                  "scored_tokens_per_s": ppl.tokens_scored / t_ppl if t_ppl > 0 else None},
         env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
-             "machine": platform.machine(), "format": info.format, "compute": compute_note(info, job.dtype, device)},
+             "machine": platform.machine(), **environment(threads=False), "format": info.format,
+             "compute": compute_note(info, job.dtype, device)},
         check=check_result,
     )
 

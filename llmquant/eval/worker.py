@@ -49,4 +49,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    from ..cpu import isolate_inductor_cache
+
+    isolate_inductor_cache()
     sys.exit(main(sys.argv[1:]))

@@ -19,8 +19,9 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from .int4_layout import Int4Layout, detect_layout
+
 KERNEL_GROUPS = (256, 128, 64, 32)  # group sizes _weight_int4pack_mm_for_cpu accepts
-BLOCK_N = 64  # rows per block of the CPU int4 packed layout in AVX512 builds
 DENSE_BLOCK_ELEMS = 1 << 21  # weights dequantized at a time by the dense path
 
 log = logging.getLogger("llmquant")
@@ -37,9 +38,10 @@ def compiled_dequant(max_shapes: int = 8) -> Callable[..., Tensor]:
     shapes: set = set()  # compiled so far
     failed: list[bool] = [False]
 
-    def run(blocks: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int, dtype: torch.dtype) -> Tensor:
-        args = (blocks, scales, zeros, shift, group, dtype)
-        key = (tuple(blocks.shape), tuple(scales.shape), scales.dtype, zeros.dtype, shift, group, dtype)
+    def run(blocks: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int, dtype: torch.dtype,
+            split: bool = True) -> Tensor:
+        args = (blocks, scales, zeros, shift, group, dtype, split)
+        key = (tuple(blocks.shape), tuple(scales.shape), scales.dtype, zeros.dtype, shift, group, dtype, split)
         if failed[0] or (key not in shapes and len(shapes) >= max_shapes):
             return dequant_int4_columns(*args)
         try:
@@ -120,63 +122,64 @@ def int4_matmul(x: Tensor, p: Int4Packed) -> Tensor:
     return torch._weight_int4pack_mm_for_cpu(xb, p.packed, p.group, p.scale_zero).to(x.dtype)
 
 
-def unpack_int4_layout(packed: Tensor, n: int, k: int) -> Tensor | None:
-    """The [N, K] integers back from torch's AVX512 CPU int4 layout (blocks of 64 rows: for each
-    k, 32 bytes whose low nibbles hold rows 0-31 and high nibbles rows 32-63; see
-    aten/src/ATen/native/cpu/int4mm_kernel.cpp, weight_to_int4pack_kernel). None when the shape
-    is not whole blocks. The layout depends on the CPU capability torch dispatched to, so
-    callers verify it against known integers before relying on it."""
-    if n % BLOCK_N or packed.numel() * 2 != n * k:
-        return None
-    p = packed.reshape(n // BLOCK_N, k, 32)
-    return torch.cat([p & 0xF, p >> 4], -1).permute(0, 2, 1).reshape(n, k)
+def unpack_int4_layout(packed: Tensor, n: int, k: int, layout: Int4Layout | None = None) -> Tensor | None:
+    """The [N, K] integers back from torch's CPU int4 layout (`layout`, default: the one torch uses
+    on this CPU, see int4_layout.py). None when the shape is not whole blocks or no layout is
+    known; callers verify the result against known integers before relying on it."""
+    layout = layout or detect_layout()
+    return None if layout is None else layout.unpack(packed, n, k)
 
 
 def dequant_int4_columns(blocks: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int,
-                         dtype: torch.dtype) -> Tensor:
-    """A column slice of Wᵀ from torch's int4 layout: blocks [K, B, 32] bytes (block b: low nibbles
-    rows 0-31, high 32-63 of W) -> [K, 64·B] in `dtype`. scales/zeros are [K/group, 64·B] (any
-    dtype); the bytes hold q + shift. w = (q - zero) * scale in fp32 (exact for fp16 scales), then
-    cast. Eager ops (a concatenation unpacks the nibbles); compiled_dequant fuses the same math."""
-    k, b, _ = blocks.shape
-    q = torch.cat([(blocks & 0xF).to(torch.float32), (blocks >> 4).to(torch.float32)], -1)  # [K, B, 64]
+                         dtype: torch.dtype, split: bool = True) -> Tensor:
+    """A column slice of Wᵀ from torch's int4 layout: blocks [K, NB, B/2] bytes (see
+    Int4Layout.blocks; `split` says how a byte's nibbles map to rows) -> [K, NB·B] in `dtype`.
+    scales/zeros are [K/group, NB·B] (any dtype); the bytes hold q + shift. w = (q - zero) *
+    scale in fp32 (exact for fp16 scales), then cast. Eager ops; compiled_dequant fuses the
+    same math."""
+    q = Int4Layout(blocks.shape[2] * 2, split).nibbles(blocks).to(torch.float32)
     return _scale_columns(q, scales, zeros, shift, group, dtype)
 
 
 def _dequant_int4_columns_fusable(blocks: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int,
-                                  dtype: torch.dtype) -> Tensor:
-    """dequant_int4_columns with the nibbles unpacked by a broadcast shift instead of a
-    concatenation: torch.compile turns this form into a single pass over the bytes (unpack,
-    subtract, scale, cast) while it materialises the concatenation; eager torch runs it slower."""
-    nibble = torch.tensor([0, 4], dtype=torch.uint8, device=blocks.device).view(1, 1, 2, 1)
-    q = ((blocks.unsqueeze(2) >> nibble) & 0xF).to(torch.float32)  # [K, B, 2, 32]: low then high nibbles
+                                  dtype: torch.dtype, split: bool = True) -> Tensor:
+    """dequant_int4_columns with the nibbles unpacked by a broadcast shift instead of a stack:
+    torch.compile turns this form into a single pass over the bytes (unpack, subtract, scale,
+    cast) while it materialises the stack; eager torch runs it slower."""
+    q = Int4Layout(blocks.shape[2] * 2, split).nibbles_fusable(blocks).to(torch.float32)
     return _scale_columns(q, scales, zeros, shift, group, dtype)
 
 
 def _scale_columns(q: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int, dtype: torch.dtype) -> Tensor:
-    k, b = q.shape[0], q.shape[1]
-    w = (q.reshape(k // group, group, b * BLOCK_N) - (zeros.float() + shift).unsqueeze(1)) * scales.float().unsqueeze(1)
-    return w.reshape(k, b * BLOCK_N).to(dtype)
+    k, n = q.shape
+    w = (q.reshape(k // group, group, n) - (zeros.float() + shift).unsqueeze(1)) * scales.float().unsqueeze(1)
+    return w.reshape(k, n).to(dtype)
 
 
 def int4_dense_matmul(x: Tensor, packed: Tensor, scales: Tensor, zeros: Tensor, group: int, shift: int = 0,
                       block_elems: int = DENSE_BLOCK_ELEMS,
-                      dequant: Callable[..., Tensor] = dequant_int4_columns) -> Tensor:
-    """x [M, K] @ Wᵀ, dequantizing column slices of Wᵀ straight from the int4 layout (about
-    `block_elems` weights at a time; the bytes hold q + shift) and using a plain matmul in x's
-    dtype (AMX for bf16). `dequant` is dequant_int4_columns or a compiled version of it."""
+                      dequant: Callable[..., Tensor] = dequant_int4_columns,
+                      layout: Int4Layout | None = None) -> Tensor:
+    """x [M, K] @ Wᵀ, dequantizing column slices of Wᵀ straight from the int4 layout (`layout`,
+    default this CPU's; about `block_elems` weights at a time; the bytes hold q + shift) and
+    using a plain matmul in x's dtype (AMX for bf16). `dequant` is dequant_int4_columns or a
+    compiled version of it."""
     m, k = x.shape
     n = scales.shape[1]
-    nb = n // BLOCK_N
-    blocks = packed.reshape(nb, k, 32).permute(1, 0, 2)  # [K, NB, 32]
-    per = max(1, block_elems // (k * BLOCK_N))
+    layout = layout or detect_layout()
+    blocks = layout.blocks(packed, n, k) if layout is not None else None
+    if blocks is None:
+        raise ValueError(f"int4 bytes {tuple(packed.shape)} are not whole blocks of {layout} for [{n}, {k}]")
+    nb, bn = blocks.shape[1], layout.block
+    per = max(1, block_elems // (k * bn))
     if per >= nb:
-        return x @ dequant(blocks, scales, zeros, shift, group, x.dtype)
+        return x @ dequant(blocks, scales, zeros, shift, group, x.dtype, layout.split)
     out = torch.empty(m, n, dtype=x.dtype, device=x.device)
     for b0 in range(0, nb, per):
         b1 = min(nb, b0 + per)
-        c0, c1 = b0 * BLOCK_N, b1 * BLOCK_N
-        out[:, c0:c1] = x @ dequant(blocks[:, b0:b1], scales[:, c0:c1], zeros[:, c0:c1], shift, group, x.dtype)
+        c0, c1 = b0 * bn, b1 * bn
+        out[:, c0:c1] = x @ dequant(blocks[:, b0:b1], scales[:, c0:c1], zeros[:, c0:c1], shift, group, x.dtype,
+                                    layout.split)
     return out
 
 

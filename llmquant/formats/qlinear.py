@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from .int4_layout import detect_layout
 from .intweight import IntWeight
 from .kernels import (
     Int4Packed,
@@ -68,6 +69,7 @@ class QuantLinear(nn.Module):
         for name in ("packed", "scale_zero", "rows", "scales", "zeros"):
             self.register_buffer(name, None)
         self.kernel_group = 0
+        self.int4_layout = None  # torch's int4 byte layout on this CPU, where the packed bytes use it
         # exact group parameters for the dense path (fp16 scales and integer zeros are lossless)
         self.scales = _compact(weight.scales, torch.float16)
         self.zeros = _compact(weight.zeros, torch.uint8)
@@ -75,10 +77,11 @@ class QuantLinear(nn.Module):
         int4 = pack_int4(q, weight.scales, weight.zeros, g_idx, weight.bits) if weight.bits <= 4 else None
         if int4 is not None:
             self.packed, self.scale_zero, self.kernel_group = int4.packed, int4.scale_zero, int4.group
-            back = unpack_int4_layout(int4.packed, self.out_features, self.in_features)
+            layout = detect_layout()
+            back = unpack_int4_layout(int4.packed, self.out_features, self.in_features, layout) if layout else None
             if back is not None and torch.equal(back.to(torch.int32), q.to(torch.int32) + q_shift(self.bits)):
                 self.q_shift = q_shift(self.bits)  # the packed bytes hold q + shift
-                self.layout = "int4pack"  # the dense path reads the same bytes: one copy
+                self.layout, self.int4_layout = "int4pack", layout  # the dense path reads the same bytes: one copy
                 return
         # integer rows for the dense path (the int4 kernel still serves decode where it applies)
         if weight.bits <= 4 and self.in_features % 2 == 0:
@@ -90,7 +93,8 @@ class QuantLinear(nn.Module):
     def int_weight(self) -> IntWeight:
         """The integers and group parameters, in the checkpoint's column order."""
         if self.layout == "int4pack":
-            q = unpack_int4_layout(self.packed, self.out_features, self.in_features).to(torch.int32) - self.q_shift
+            q = unpack_int4_layout(self.packed, self.out_features, self.in_features,
+                                   self.int4_layout).to(torch.int32) - self.q_shift
         else:
             q = (unpack_nibbles(self.rows) if self.layout == "nibbles" else self.rows).to(torch.int32)
         scales, zeros = self.scales.float(), self.zeros.float()
@@ -120,7 +124,7 @@ class QuantLinear(nn.Module):
             y = int4_matmul(x2, Int4Packed(self.packed, self.scale_zero, self.kernel_group))
         elif self.layout == "int4pack":
             y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros, self.group_size, self.q_shift,
-                                  dequant=self.dequant)
+                                  dequant=self.dequant, layout=self.int4_layout)
         else:
             y = rows_dense_matmul(x2, self.rows, self.layout == "nibbles", self.scales, self.zeros, self.g_idx)
         if self.bias is not None:
@@ -129,5 +133,5 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, layout={self.layout}, int4_kernel={self.packed is not None}")
+                f"group_size={self.group_size}, layout={self.layout}{'/' + self.int4_layout.name if self.int4_layout else ''}, int4_kernel={self.packed is not None}")
 

@@ -200,6 +200,7 @@ def test_bnb_in_a_recipe_quantizes_evaluates_and_ranks(tiny_recipe, board_path):
     base = summary.baseline
     assert res["int8"].summary["format"] == "bnb-int8" and res["nf4"].summary["format"] == "bnb-nf4"
     assert res["int8"].result.env["format"] == "bnb-int8"
+    assert res["int8"].result.env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()  # every result says
     assert "LLM.int8" in res["int8"].result.env["compute"] and "NF4" in res["nf4"].result.env["compute"]
     assert abs(res["int8"].result.ppl / base.ppl - 1) < 0.02
     assert res["nf4"].result.ppl > res["int8"].result.ppl

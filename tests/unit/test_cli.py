@@ -113,7 +113,7 @@ def test_eval_command_adds_row(finished_run):
     tmp, _, _ = finished_run
     ckpt = tmp / "run" / "variants" / "w4" / "checkpoint"
     res = invoke("eval", ckpt, "--seqlen", 128, "--max-windows", 8, "--no-latency", "--board", tmp / "board.sqlite",
-                 "--model", "tiny-eval", "--no-isolate")
+                 "--model", "tiny-eval", "--no-isolate", "--dtype", "float32")  # the run evaluated in fp32
     assert res.exit_code == 0, res.output
     assert "format gptq-v1" in res.output
     ppl_run = json.loads((tmp / "run" / "results.json").read_text())["variants"][1]["result"]["ppl"]

@@ -80,9 +80,9 @@ def test_8bit_and_odd_shapes_use_dense_rows():
     assert m.packed is None and m.rows.dtype == torch.uint8 and m.rows.shape == (96, 64)
     x = torch.randn(DENSE_ROWS, 64)
     torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
-    iw4 = make_weight(96, 64, 4, 32)  # 96 rows: not whole 64-row blocks of the int4 layout
+    iw4 = make_weight(80, 64, 4, 32)  # 80 rows: not whole blocks of any int4 layout (32 or 64 rows)
     m4 = QuantLinear(iw4, None)
-    assert m4.layout == "nibbles" and m4.rows.shape == (96, 32) and m4.packed is not None
+    assert m4.layout == "nibbles" and m4.rows.shape == (80, 32) and m4.packed is not None
     x = torch.randn(DENSE_ROWS, 64)
     torch.testing.assert_close(m4(x).double(), reference(x, iw4), rtol=1e-5, atol=1e-4)
     assert rel_err(m4(x[:2]), reference(x[:2], iw4)) < 1e-2  # decode through the kernel still
@@ -94,8 +94,9 @@ def test_dense_blocks_cover_every_row():
     iw = make_weight(320, 128, 4, 64)
     m = QuantLinear(iw, None)
     x = torch.randn(16, 128)
-    for block_elems in (128 * 64, 128 * 128, 1 << 20):  # 5, 3 and 1 blocks of 64-row groups
-        y = kernels.int4_dense_matmul(x, m.packed, m.scales, m.zeros, 64, block_elems=block_elems)
+    b = m.int4_layout.block  # whatever torch packs on this CPU (64 rows on AVX512, 32 on AVX2)
+    for per in (1, 3, 1000):  # slices of 1 and 3 row blocks (a short last one), and all at once
+        y = kernels.int4_dense_matmul(x, m.packed, m.scales, m.zeros, 64, m.q_shift, block_elems=128 * b * per)
         torch.testing.assert_close(y.double(), reference(x, iw), rtol=1e-5, atol=1e-4)
     rows = kernels.pack_nibbles(iw.q)
     y = kernels.rows_dense_matmul(x, rows, True, iw.scales, iw.zeros, iw.g_idx, block_elems=128 * 100)
@@ -114,8 +115,8 @@ def test_layout_helpers():
     q = torch.randint(0, 16, (128, 64), dtype=torch.int32)
     assert torch.equal(unpack_nibbles(pack_nibbles(q)).int(), q)
     packed = torch._convert_weight_to_int4pack_for_cpu(q, 1)
-    assert torch.equal(unpack_int4_layout(packed, 128, 64).int(), q)
-    assert unpack_int4_layout(packed[:32], 96, 64) is None
+    assert torch.equal(unpack_int4_layout(packed, 128, 64).int(), q)  # this CPU's layout, detected
+    assert unpack_int4_layout(packed[:40], 80, 64) is None
 
 
 def test_resident_bytes_a_quarter_of_fp32():
@@ -172,7 +173,8 @@ def test_compiled_dequant_runs_shapes_past_its_cap_eagerly(monkeypatch):
     x = torch.randn(DENSE_ROWS, 64)
     for m, iw in ((m1, iw1), (m2, iw2), (m1, iw1)):
         torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
-    assert eager_shapes == [(64, 2, 32)]  # only the second shape ran eagerly; the first stayed compiled
+    b = m2.int4_layout.block
+    assert eager_shapes == [(64, 128 // b, b // 2)]  # only the second shape ran eagerly; the first stayed compiled
 
 
 def test_kernel_rule_depends_on_compiled_dequantization():
