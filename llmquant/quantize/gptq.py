@@ -108,12 +108,13 @@ class GPTQHandler:
             s = self.settings[name]
             out, damp = solve_layer(name, W, Hm, s, self.variant)
             deq = out.weight.dequantize()
+            # before the write-back: W is the module's own weight, which copy_ overwrites
+            w_err = float((W.float().cpu() - deq).norm() / W.float().norm().clamp_min(1e-12))
             if self.write_back:
                 with torch.no_grad():
                     module.weight.copy_(deq.to(module.weight.dtype))
             self._block[name] = gptq_v1.pack_layer(out.weight)
             secs = time.perf_counter() - t0 + h_seconds / len(group.names)
-            w_err = float((W.float().cpu() - deq).norm() / W.float().norm().clamp_min(1e-12))
             self._rows.append({"module": name, "bits": s.bits, "group_size": s.group_size,
                                "output_error": out.output_error, "rel_error": w_err, "seconds": secs,
                                "damp_percent": damp, "dead_columns": out.dead_columns})

@@ -133,6 +133,13 @@ def test_act_order_checkpoint_round_trips_through_our_loader(tmp_path, tiny_mode
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
     rows = summary["layers"]
     assert len(rows) == 21 and all(0 < r["output_error"] < 0.5 and r["seconds"] >= 0 for r in rows)
+    # the weight error against the original weights (it once compared the weight with itself: 0.0)
+    original = load_file(str(tiny_model_dir / "model.safetensors"))
+    quantized = dict(model.named_parameters())
+    for r in rows:
+        w = original[r["module"] + ".weight"].float()
+        expected = float((w - quantized[r["module"] + ".weight"].float()).norm() / w.norm())
+        assert r["rel_error"] == pytest.approx(expected, rel=1e-4) and r["rel_error"] > 0.01
 
 
 def test_static_groups_checkpoint_has_monotonic_g_idx(tmp_path, tiny_model_dir, calib):
