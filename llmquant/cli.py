@@ -148,6 +148,8 @@ def print_summary(summary) -> None:
         out_console.print(rich_table(title, headers, cells, highlight=summary.decision.winner))
     verdict = summary.decision.winner or "none"
     out_console.print(f"[bold]winner:[/] [green]{verdict}[/] — {summary.decision.reason}", highlight=False)
+    for w in summary.decision.warnings:
+        out_console.print(f"[bold yellow]warning:[/] {w}", highlight=False, markup=True)
 
 
 def print_classic_summary(summary) -> None:

@@ -288,19 +288,23 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
                                is_baseline=False, result=o.result, artifact=str(o.checkpoint), artifact_hash=o.key,
                                backend=o.summary.get("backend")))
     board.record(rows)
-    decision = pick_winner(baseline.ppl, [
-        Candidate(o.name, o.result.size_bytes, o.result.ppl,
-                  o.result.latency.ttft_ms_median if o.result.latency else None,
-                  o.result.latency.decode_tok_s if o.result.latency else None) for o in outcomes
-    ], recipe.select)
+    decision = pick_winner(candidate("baseline", baseline), [candidate(o.name, o.result) for o in outcomes],
+                           recipe.select)
     summary = RunSummary(rd.root, src.label, baseline, baseline_reused, outcomes, decision, board.path)
     write_reports(summary, rows, recipe)
     return summary
 
 
+def candidate(name: str, result: EvalResult) -> Candidate:
+    lat = result.latency
+    return Candidate(name, result.size_bytes, result.ppl, lat.ttft_ms_median if lat else None,
+                     lat.decode_tok_s if lat else None)
+
+
 def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None:
     md = render_markdown([Row(r) for r in rows], title=f"{recipe.run_name} — leaderboard")
     md += f"\n**Winner**: {summary.decision.winner or 'none'} — {summary.decision.reason}\n"
+    md += "".join(f"\n**Warning**: {w}\n" for w in summary.decision.warnings)
     atomic_write_text(summary.run_dir / "leaderboard.md", md)
     results = {
         "recipe": str(recipe.path) if recipe.path else None,
@@ -308,7 +312,8 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
         "baseline": summary.baseline.to_dict(),
         "variants": [{"name": o.name, "method": o.method, "checkpoint": str(o.checkpoint), "key": o.key,
                       "result": o.result.to_dict(), "quantize": o.summary} for o in summary.variants],
-        "winner": {"name": summary.decision.winner, "reason": summary.decision.reason},
+        "winner": {"name": summary.decision.winner, "reason": summary.decision.reason,
+                   "warnings": list(summary.decision.warnings)},
         "select": recipe.select.model_dump(),
         "llmquant": __version__,
     }

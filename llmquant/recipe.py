@@ -339,6 +339,14 @@ class SelectSpec(Strict):
     max_ppl_increase_pct: float = Field(
         2.0, ge=0, description="the usual rule: under 2 % perplexity loss is acceptable"
     )
+    min_decode_ratio: float | None = Field(
+        None, gt=0, description="speed guard: a variant qualifies only if its decode tok/s is at least this times "
+                                "the baseline's (1.0: not slower); needs eval.latency"
+    )
+    max_ttft_ratio: float | None = Field(
+        None, gt=0, description="speed guard: a variant qualifies only if its first-token latency is at most this "
+                                "times the baseline's (1.0: not slower); needs eval.latency"
+    )
 
 
 class OutputSpec(Strict):
@@ -473,6 +481,10 @@ class Recipe(Strict, RecipePaths):
                 raise ValueError(
                     f"variants[{i}]: method {v.method!r} needs a 'calibration' section (dataset, n_samples, seqlen)"
                 )
+        guards = [g for g in ("min_decode_ratio", "max_ttft_ratio") if getattr(self.select, g) is not None]
+        if guards and not self.eval.latency.enabled:
+            raise ValueError(f"select.{guards[0]}: a speed guard needs latency measurements; "
+                             "set eval.latency.enabled: true or remove the guard")
         return self
 
 

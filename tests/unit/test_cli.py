@@ -135,6 +135,7 @@ BAD = {
                                 "variants[0].group_size: group size 48 does not divide in_features 64"),
     "missing model path": ("model: {source: ./no/such/model}", "model.source"),
     "empty corpus": ("eval: {dataset: EMPTY, seqlen: 128}", "is empty"),
+    "speed guard without latency": ("select: {min_decode_ratio: 1.0}", "select.min_decode_ratio: a speed guard needs"),
     "corpus shorter than a window": ("eval: {dataset: SHORT, seqlen: 128}", "fewer than one window of eval.seqlen=128"),
 }
 
