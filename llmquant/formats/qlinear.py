@@ -5,8 +5,11 @@ Built from an IntWeight; it never keeps a dequantized copy of the weight:
   few activation rows (decode) use that kernel; calls with many rows (prefill, perplexity
   windows) dequantize blocks of 64 output rows from the same packed bytes and use a dense
   matmul, which is faster there. The switch point is measured (bench/kernels.py).
-- 8-bit weights, and shapes the int4 layout cannot take, keep integer rows (uint8 or nibbles)
-  and always use the dense block path.
+- 8-bit weights keep uint8 rows. Decode-sized calls go through a small C kernel for grouped
+  8-bit weights (native.py; fp32 math, compiled for the CPU capability torch dispatches to);
+  longer ones dequantize blocks of rows and use a dense matmul.
+- Shapes the int4 layout cannot take keep nibble rows and use the dense block path (the int4
+  kernel still serves decode where it can pack them).
 Outputs match the dequantized reference within the tolerances tests/unit/test_qlinear.py states.
 """
 
@@ -17,6 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
+from . import native
 from .int4_layout import detect_layout
 from .intweight import IntWeight
 from .kernels import (
@@ -30,6 +34,7 @@ from .kernels import (
     q_shift,
     rows_dense_matmul,
     unpack_int4_layout,
+    uniform_group,
     unpack_nibbles,
 )
 
@@ -37,6 +42,10 @@ INT4_KERNEL_MAX_ROWS = {
     (torch.float32, False): 32, (torch.float32, True): 32,
     (torch.bfloat16, False): 64, (torch.bfloat16, True): 32,
 }
+INT8_KERNEL_MAX_ROWS = 16
+"""Largest number of activation rows sent to the grouped int8 kernel (native.int8_group_matmul);
+above it the dense path. Measured with bench/kernels.py (bench/results/kernels-2026-12-03.md)."""
+
 """Largest number of activation rows sent to the int4 kernel, by (activation dtype, whether the
 dense path's dequantization is compiled); above it the dense path (dequantize + one matmul).
 Measured with bench/kernels.py on the team's 2-core AVX512/AMX machine
@@ -69,6 +78,7 @@ class QuantLinear(nn.Module):
         for name in ("packed", "scale_zero", "rows", "scales", "zeros"):
             self.register_buffer(name, None)
         self.kernel_group = 0
+        self.int8_group = 0  # group size the grouped int8 kernel can use (uint8 rows), else 0
         self.int4_layout = None  # torch's int4 byte layout on this CPU, where the packed bytes use it
         # exact group parameters for the dense path (fp16 scales and integer zeros are lossless)
         self.scales = _compact(weight.scales, torch.float16)
@@ -88,6 +98,10 @@ class QuantLinear(nn.Module):
             self.rows, self.layout = pack_nibbles(q), "nibbles"
         else:
             self.rows, self.layout = q.to(torch.uint8).contiguous(), "uint8"
+            group = uniform_group(g_idx)
+            if group is not None and group % 16 == 0 and self.zeros.dtype == torch.uint8:
+                self.scales = self.scales.float().contiguous()  # what the int8 kernel reads (one copy)
+                self.int8_group = group
 
     # -- the content back -------------------------------------------------------------------
     def int_weight(self) -> IntWeight:
@@ -112,6 +126,9 @@ class QuantLinear(nn.Module):
         if (self.packed is not None and device.type == "cpu"
                 and rows <= INT4_KERNEL_MAX_ROWS.get((dtype, self.dequant is not dequant_int4_columns), 0)):
             return "int4"  # decode-sized calls: bf16 activations through the int4 kernel
+        if (self.int8_group and device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS
+                and native.load("int8_group_gemm") is not None):
+            return "int8"  # decode-sized calls: fp32 math on the uint8 rows
         return "dense"
 
     def forward(self, x: Tensor) -> Tensor:
@@ -122,6 +139,8 @@ class QuantLinear(nn.Module):
         path = self.path_for(x2.shape[0], x.dtype, x.device)
         if path == "int4":
             y = int4_matmul(x2, Int4Packed(self.packed, self.scale_zero, self.kernel_group))
+        elif path == "int8":
+            y = native.int8_group_matmul(x2, self.rows, self.scales, self.zeros, self.int8_group).to(x.dtype)
         elif self.layout == "int4pack":
             y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros, self.group_size, self.q_shift,
                                   dequant=self.dequant, layout=self.int4_layout)
@@ -133,5 +152,5 @@ class QuantLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
-                f"group_size={self.group_size}, layout={self.layout}{'/' + self.int4_layout.name if self.int4_layout else ''}, int4_kernel={self.packed is not None}")
+                f"group_size={self.group_size}, layout={self.layout}{'/' + self.int4_layout.name if self.int4_layout else ''}, int4_kernel={self.packed is not None}, int8_kernel={bool(self.int8_group)}")
 

@@ -74,7 +74,7 @@ def test_bf16_dense_path():
     assert rel_err(m(x), reference(x.float(), iw)) < 1e-2
 
 
-def test_8bit_and_odd_shapes_use_dense_rows():
+def test_8bit_and_odd_shapes_use_dense_rows_for_long_inputs():
     iw = make_weight(96, 64, 8, 32)
     m = QuantLinear(iw, None)
     assert m.packed is None and m.rows.dtype == torch.uint8 and m.rows.shape == (96, 64)
@@ -187,3 +187,41 @@ def test_kernel_rule_depends_on_compiled_dequantization():
     # 48 prompt rows in bf16: the eager dense path is slower than the kernel, the compiled one faster
     assert eager.path_for(48, torch.bfloat16, cpu) == "int4" and fused.path_for(48, torch.bfloat16, cpu) == "dense"
     assert eager.path_for(48, torch.float32, cpu) == fused.path_for(48, torch.float32, cpu) == "dense"
+
+
+@pytest.mark.parametrize("gs,act,sym", [(64, False, True), (32, True, False), (-1, False, False)])
+def test_int8_kernel_path_is_fp32_exact(gs, act, sym):
+    """Decode-sized 8-bit calls go through the grouped int8 C kernel: fp32 math, so the result
+    matches the dequantized reference as closely as the dense path does."""
+    from llmquant.formats import native
+
+    if native.load("int8_group_gemm") is None:
+        pytest.skip("no C compiler: 8-bit weights use the dense path only")
+    iw = make_weight(96, 128, 8, gs, sym=sym, act_order=act)
+    bias = torch.randn(96)
+    m = QuantLinear(iw, bias)
+    assert m.layout == "uint8" and m.int8_group == (gs if gs > 0 else 128)
+    for rows in (1, 3, qlinear.INT8_KERNEL_MAX_ROWS):
+        x = torch.randn(rows, 128)
+        assert m.path_for(rows, torch.float32, x.device) == "int8"
+        torch.testing.assert_close(m(x).double(), reference(x, iw, bias), rtol=1e-5, atol=1e-4)
+    xb = torch.randn(2, 128).bfloat16()
+    assert m(xb).dtype == torch.bfloat16 and rel_err(m(xb), reference(xb.float(), iw, bias)) < 1e-2
+    assert m.path_for(qlinear.INT8_KERNEL_MAX_ROWS + 1, torch.float32, xb.device) == "dense"
+
+
+def test_int8_kernel_odd_row_counts_and_groups():
+    from llmquant.formats import native
+
+    if native.load("int8_group_gemm") is None:
+        pytest.skip("no C compiler")
+    torch.manual_seed(1)
+    for n in (1, 5, 7, 130):  # row blocks of 4 with a short last one
+        q = torch.randint(0, 256, (n, 96), dtype=torch.uint8)
+        s, z = torch.rand(3, n) + 0.1, torch.randint(0, 256, (3, n), dtype=torch.uint8)
+        x = torch.randn(2, 96)
+        w = (q.double() - z.double().repeat_interleave(32, 0).t()) * s.double().repeat_interleave(32, 0).t()
+        # fp32 rounding of sum(x*q) - z*sum(x), terms of size ~3000: 1e-3 absolute is 3e-7 of them
+        torch.testing.assert_close(native.int8_group_matmul(x, q, s, z, 32).double(), x.double() @ w.t(),
+                                   rtol=1e-5, atol=1e-3)
+    assert native.int8_group_matmul(x, q, s, z, 24) is None  # not a multiple of 16: refused, caller's fallback

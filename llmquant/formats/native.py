@@ -1,0 +1,96 @@
+"""Small C kernels compiled on first use for the CPU torch dispatches to, loaded with ctypes.
+
+torch has no CPU kernel for grouped 8-bit weights (its int8 kernel takes one scale per output
+row), and inductor's code for that reduction is fast at AVX512 but ~20x slower at AVX2
+(bench/results/kernels-*.md). The C source (csrc/) is compiled with the system compiler (the
+one torch.compile already needs) with flags for the current capability, cached per capability
+and source hash next to torch.compile's cache, and linked against the OpenMP runtime torch has
+loaded. Where there is no compiler, `load` returns None and callers keep their torch path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("llmquant")
+SRC = Path(__file__).parent / "csrc"
+FLAGS = {  # torch dispatch capability -> target flags (the kernel is plain C; the compiler vectorises)
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma", "-mf16c"],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "DEFAULT": [],
+}
+
+
+def cache_root() -> Path:
+    base = os.environ.get("TORCHINDUCTOR_CACHE_DIR") or os.path.join(tempfile.gettempdir(), "llmquant")
+    return Path(base) / "llmquant-native"
+
+
+def _compile(source: Path, capability: str) -> Path | None:
+    cc = shutil.which(os.environ.get("CC", "gcc")) or shutil.which("cc")
+    if cc is None:
+        return None
+    flags = ["-O3", "-fPIC", "-shared", "-fopenmp", *FLAGS.get(capability, [])]
+    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    out = cache_root() / f"{source.stem}-{capability.lower()}-{key}.so"
+    if out.exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(f".{os.getpid()}.tmp")
+    res = subprocess.run([cc, *flags, str(source), "-o", str(tmp)], capture_output=True, text=True)
+    if res.returncode != 0:
+        log.warning("could not compile %s for %s (%s); using torch kernels", source.name, capability,
+                    (res.stderr.strip().splitlines() or ["no output"])[-1])
+        tmp.unlink(missing_ok=True)
+        return None
+    os.replace(tmp, out)  # atomic: concurrent processes see a whole library or none
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def _load(name: str, capability: str) -> ctypes.CDLL | None:
+    path = _compile(SRC / f"{name}.c", capability)
+    if path is None:
+        return None
+    try:
+        return ctypes.CDLL(str(path))
+    except OSError as e:
+        log.warning("could not load %s (%s); using torch kernels", path, e)
+        return None
+
+
+def load(name: str) -> ctypes.CDLL | None:
+    """The compiled library csrc/<name>.c for this process's capability, or None."""
+    if os.environ.get("LLMQUANT_NATIVE", "1") == "0":
+        return None
+    return _load(name, torch.backends.cpu.get_cpu_capability())
+
+
+def _ptr(t: Tensor):
+    return ctypes.c_void_p(t.data_ptr())
+
+
+def int8_group_matmul(x: Tensor, q: Tensor, scales: Tensor, zeros: Tensor, group: int) -> Tensor | None:
+    """x [M, K] fp32 @ Wᵀ for W = scales * (q - zeros) per group of `group` columns (q uint8 [N, K],
+    scales fp32 [K/group, N], zeros uint8 [K/group, N]); None where the kernel is unavailable."""
+    lib = load("int8_group_gemm")
+    if lib is None:
+        return None
+    x = x.to(torch.float32).contiguous()
+    m, k = x.shape
+    n = q.shape[0]
+    y = torch.empty(m, n, dtype=torch.float32)
+    rc = lib.llmquant_int8_group_gemm(_ptr(x), ctypes.c_int64(m), ctypes.c_int64(k), _ptr(q), ctypes.c_int64(n),
+                                      _ptr(scales), _ptr(zeros), ctypes.c_int64(group), _ptr(y))
+    return y if rc == 0 else None
