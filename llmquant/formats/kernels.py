@@ -57,6 +57,19 @@ def compiled_dequant(max_shapes: int = 8) -> Callable[..., Tensor]:
     return run
 
 
+def native_first(fallback: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """dequant_int4_columns from the C kernel (native.py; fp32 results, bit-identical) where it is
+    available, else `fallback` (eager or compiled). On AVX2 the C kernel is ~3x faster than
+    inductor's code for the same math; on AVX512 they are even (bench/results/kernels-*.md)."""
+    from . import native
+
+    def run(*args) -> Tensor:
+        out = native.int4_dequant_columns(*args)
+        return out if out is not None else fallback(*args)
+
+    return run
+
+
 def contiguous_order(g_idx: Tensor) -> Tensor | None:
     """The input-column permutation that makes groups contiguous, or None if they already are."""
     if bool(torch.all(g_idx[1:] >= g_idx[:-1])):

@@ -94,3 +94,51 @@ def int8_group_matmul(x: Tensor, q: Tensor, scales: Tensor, zeros: Tensor, group
     rc = lib.llmquant_int8_group_gemm(_ptr(x), ctypes.c_int64(m), ctypes.c_int64(k), _ptr(q), ctypes.c_int64(n),
                                       _ptr(scales), _ptr(zeros), ctypes.c_int64(group), _ptr(y))
     return y if rc == 0 else None
+
+
+def int8_group_dequant(q: Tensor, scales: Tensor, zeros: Tensor, group: int, n0: int, n1: int) -> Tensor | None:
+    """Rows n0..n1 of W = scales * (q - zeros) as fp32 [n1 - n0, K], bit-identical to
+    IntWeight.dequantize(); None where the kernel is unavailable."""
+    lib = load("int8_group_gemm")
+    if lib is None:
+        return None
+    n, k = q.shape
+    out = torch.empty(n1 - n0, k, dtype=torch.float32)
+    rc = lib.llmquant_int8_group_dequant(_ptr(q), ctypes.c_int64(n), ctypes.c_int64(k), _ptr(scales), _ptr(zeros),
+                                         ctypes.c_int64(group), ctypes.c_int64(n0), ctypes.c_int64(n1), _ptr(out))
+    return out if rc == 0 else None
+
+
+def int4_dequant_columns(blocks: Tensor, scales: Tensor, zeros: Tensor, shift: int, group: int,
+                         dtype: torch.dtype, split: bool = True) -> Tensor | None:
+    """kernels.dequant_int4_columns in C (same arguments, fp32 result, bit-identical): blocks is
+    the [K, nb, B/2] view of torch's packed bytes (Int4Layout.blocks, sliced over row blocks).
+    None where the kernel is unavailable or the view is not the packed layout."""
+    lib = load("int4_dequant")
+    k, nb, half = blocks.shape
+    if lib is None or dtype != torch.float32 or blocks.dtype != torch.uint8 or blocks.stride() != (half, k * half, 1):
+        return None
+    s = scales.float().contiguous()
+    zp = (zeros.float() + shift).contiguous()
+    out = torch.empty(k, nb * half * 2, dtype=torch.float32)
+    rc = lib.llmquant_int4_dequant_cols(_ptr(blocks), ctypes.c_int64(k), ctypes.c_int64(nb), ctypes.c_int64(2 * half),
+                                        ctypes.c_int(int(split)), _ptr(s), _ptr(zp), ctypes.c_int64(group), _ptr(out))
+    return out if rc == 0 else None
+
+
+def int8_dense_matmul(x: Tensor, q: Tensor, scales: Tensor, zeros: Tensor, group: int,
+                      block_elems: int) -> Tensor | None:
+    """x [M, K] @ Wᵀ for uint8 rows, dequantizing about `block_elems` weights at a time in C (fp32,
+    bit-identical to IntWeight.dequantize) and using a plain matmul in x's dtype."""
+    if load("int8_group_gemm") is None:
+        return None
+    n, k = q.shape
+    step = max(1, block_elems // k)
+    out = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        w = int8_group_dequant(q, scales, zeros, group, r0, r1)
+        if w is None:
+            return None
+        out[:, r0:r1] = x @ w.to(x.dtype).t()
+    return out

@@ -24,11 +24,13 @@ from . import native
 from .int4_layout import detect_layout
 from .intweight import IntWeight
 from .kernels import (
+    DENSE_BLOCK_ELEMS,
     Int4Packed,
     dequant_int4_columns,
     contiguous_order,
     int4_dense_matmul,
     int4_matmul,
+    native_first,
     pack_int4,
     pack_nibbles,
     q_shift,
@@ -42,7 +44,7 @@ INT4_KERNEL_MAX_ROWS = {
     (torch.float32, False): 32, (torch.float32, True): 32,
     (torch.bfloat16, False): 64, (torch.bfloat16, True): 32,
 }
-INT8_KERNEL_MAX_ROWS = 16
+INT8_KERNEL_MAX_ROWS = 8
 """Largest number of activation rows sent to the grouped int8 kernel (native.int8_group_matmul);
 above it the dense path. Measured with bench/kernels.py (bench/results/kernels-2026-12-03.md)."""
 
@@ -142,8 +144,12 @@ class QuantLinear(nn.Module):
         elif path == "int8":
             y = native.int8_group_matmul(x2, self.rows, self.scales, self.zeros, self.int8_group).to(x.dtype)
         elif self.layout == "int4pack":
+            dequant = self.dequant if x2.dtype != torch.float32 else native_first(self.dequant)
             y = int4_dense_matmul(x2, self.packed, self.scales, self.zeros, self.group_size, self.q_shift,
-                                  dequant=self.dequant, layout=self.int4_layout)
+                                  dequant=dequant, layout=self.int4_layout)
+        elif self.int8_group and (y := native.int8_dense_matmul(x2, self.rows, self.scales, self.zeros,
+                                                               self.int8_group, DENSE_BLOCK_ELEMS)) is not None:
+            pass
         else:
             y = rows_dense_matmul(x2, self.rows, self.layout == "nibbles", self.scales, self.zeros, self.g_idx)
         if self.bias is not None:

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from llmquant.formats.int4_layout import CANDIDATES, Int4Layout
-from llmquant.formats.kernels import dequant_int4_columns, int4_dense_matmul, unpack_int4_layout
+from llmquant.formats.kernels import dequant_int4_columns, int4_dense_matmul, native_first, unpack_int4_layout
+from llmquant.formats.native import load
 
 
 def reference_pack(q: torch.Tensor, layout: Int4Layout) -> torch.Tensor:
@@ -37,10 +38,17 @@ def test_every_layout_unpacks_and_dequantizes(layout):
     w = (q.float() - zeros.repeat_interleave(group, 0).t()) * scales.repeat_interleave(group, 0).t()
     cols = dequant_int4_columns(layout.blocks(packed, n, k), scales, zeros, 0, group, torch.float32, layout.split)
     assert torch.equal(cols, w.t())
+    native = native_first(lambda *a: pytest.fail("the C kernel should have run"))
+    if load("int4_dequant") is not None:  # the C version of the same columns, bit for bit
+        assert torch.equal(native(layout.blocks(packed, n, k), scales, zeros, 0, group, torch.float32, layout.split),
+                           w.t())
     x = torch.randn(5, k)
     for elems in (k * layout.block, 1 << 20):  # one row block at a time, and all at once
         y = int4_dense_matmul(x, packed, scales, zeros, group, block_elems=elems, layout=layout)
         torch.testing.assert_close(y, x @ w.t(), rtol=1e-5, atol=1e-5)
+        if load("int4_dequant") is not None:
+            assert torch.equal(int4_dense_matmul(x, packed, scales, zeros, group, block_elems=elems, layout=layout,
+                                                 dequant=native), y)
 
 
 PROBE = """

@@ -148,6 +148,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
             raise RuntimeError("no compiler here")
         return f
 
+    monkeypatch.setenv("LLMQUANT_NATIVE", "0")  # fp32 would take the C kernel, not the compiled one
     monkeypatch.setattr(kernels.torch, "compile", broken)
     iw = make_weight(64, 64, 4, 32)
     m = QuantLinear(iw, None, kernels.compiled_dequant())
@@ -166,6 +167,7 @@ def test_compiled_dequant_runs_shapes_past_its_cap_eagerly(monkeypatch):
         eager_shapes.append(tuple(args[0].shape))
         return real(*args)
 
+    monkeypatch.setenv("LLMQUANT_NATIVE", "0")  # fp32 would take the C kernel, not the compiled one
     monkeypatch.setattr(kernels, "dequant_int4_columns", counting)
     fn = kernels.compiled_dequant(max_shapes=1)
     iw1, iw2 = make_weight(64, 64, 4, 32), make_weight(128, 64, 4, 32)
@@ -225,3 +227,24 @@ def test_int8_kernel_odd_row_counts_and_groups():
         torch.testing.assert_close(native.int8_group_matmul(x, q, s, z, 32).double(), x.double() @ w.t(),
                                    rtol=1e-5, atol=1e-3)
     assert native.int8_group_matmul(x, q, s, z, 24) is None  # not a multiple of 16: refused, caller's fallback
+
+
+def test_native_dense_paths_are_bit_identical_to_eager(monkeypatch):
+    """fp32 prefill dequantizes in C where a compiler exists: the same bits as the torch ops."""
+    from llmquant.formats import native
+
+    if native.load("int4_dequant") is None or native.load("int8_group_gemm") is None:
+        pytest.skip("no C compiler: the torch paths are the only ones")
+    x = torch.randn(DENSE_ROWS, 128)
+    for bits in (4, 8):
+        iw = make_weight(192, 128, bits, 32, act_order=True)
+        m = QuantLinear(iw, torch.randn(192))
+        assert m.path_for(DENSE_ROWS, torch.float32, x.device) == "dense"
+        y_native = m(x)
+        monkeypatch.setenv("LLMQUANT_NATIVE", "0")
+        y_torch = m(x)
+        monkeypatch.delenv("LLMQUANT_NATIVE")
+        assert torch.equal(y_native, y_torch), bits
+    iw = make_weight(96, 128, 8, 32)
+    m = QuantLinear(iw, None)
+    assert torch.equal(native.int8_group_dequant(m.rows, m.scales, m.zeros, 32, 5, 77), iw.dequantize()[5:77])

@@ -117,3 +117,23 @@ int llmquant_int8_group_gemm(const float *x, int64_t M, int64_t K, const uint8_t
     free(xs);
     return 0;
 }
+
+/* Rows n0..n1 of W = s * (q - z) as fp32 [n1 - n0, K] (the dense path for long inputs: a block
+ * of rows small enough to stay in cache, then one matmul). group must be a multiple of 16. */
+int llmquant_int8_group_dequant(const uint8_t *restrict q, int64_t N, int64_t K, const float *restrict s,
+                                const uint8_t *restrict z, int64_t group, int64_t n0, int64_t n1,
+                                float *restrict out)
+{
+    if (group <= 0 || group % 16 || K % group || n0 < 0 || n1 > N || n0 > n1) return 1;
+    const int64_t G = K / group;
+#pragma omp parallel for schedule(static)
+    for (int64_t n = n0; n < n1; n++) {
+        const uint8_t *restrict qn = q + n * K;
+        float *restrict on = out + (n - n0) * K;
+        for (int64_t g = 0; g < G; g++) {
+            const float sc = s[g * N + n], zf = (float)z[g * N + n];
+            for (int64_t k = g * group; k < (g + 1) * group; k++) on[k] = ((float)qn[k] - zf) * sc;  /* as IntWeight */
+        }
+    }
+    return 0;
+}
