@@ -33,24 +33,22 @@ def eval_text() -> tuple[str, str]:
 
 
 def machine() -> str:
-    """The machine a result was measured on: CPU model and the int8/bf16 instructions it has,
-    cores this process may use, memory, GPU, Python, torch, and the load average at the time."""
+    """The machine a result was measured on: CPU model, the instructions it has and the capability
+    torch dispatched to (and whether ATEN_CPU_CAPABILITY emulated it), cores, memory, GPU,
+    Python, torch, and the load average at the time."""
     import os
 
     import torch
 
-    cpu, flags = platform.processor() or "unknown CPU", set()
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-        cpu = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), cpu)
-        flags = set(text.split())
-    except OSError:
-        pass
-    isa = " ".join(f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16") if f in flags)
+    from llmquant.cpu import cpu_info
+
+    info = cpu_info()
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     load = "{:.1f} {:.1f} {:.1f}".format(*os.getloadavg())
-    return (f"{cpu} ({isa or 'no AVX-512'}), {len(os.sched_getaffinity(0))} cores, {mem:.0f} GiB{gpu}, "
+    emu = ", emulated with ATEN_CPU_CAPABILITY" if info.emulated else ""
+    return (f"{info.model} ({' '.join(info.flags) or 'no AVX2'}), torch dispatch {info.capability}{emu}, "
+            f"{len(os.sched_getaffinity(0))} cores, {mem:.0f} GiB{gpu}, "
             f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}, "
             f"load average {load}")
 

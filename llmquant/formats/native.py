@@ -142,3 +142,22 @@ def int8_dense_matmul(x: Tensor, q: Tensor, scales: Tensor, zeros: Tensor, group
             return None
         out[:, r0:r1] = x @ w.to(x.dtype).t()
     return out
+
+
+def int4_matmul(x: Tensor, packed: Tensor, n: int, block: int, split: bool, scales: Tensor, zeros: Tensor,
+                shift: int, group: int) -> Tensor | None:
+    """x [M, K] @ Wᵀ in fp32 from torch's int4 layout in place (packed [N, K/2], row blocks of
+    `block`); W = scales * (q - zeros) with the bytes holding q + shift; scales fp16/fp32 and
+    zeros uint8/fp32 [K/group, N] as QuantLinear keeps them. None where unavailable."""
+    lib = load("int4_gemm")
+    if lib is None or scales.dtype not in (torch.float16, torch.float32) or zeros.dtype not in (torch.uint8, torch.float32):
+        return None
+    x = x.to(torch.float32).contiguous()
+    m, k = x.shape
+    y = torch.empty(m, n, dtype=torch.float32)
+    rc = lib.llmquant_int4_gemm(_ptr(x), ctypes.c_int64(m), ctypes.c_int64(k), _ptr(packed), ctypes.c_int64(n),
+                                ctypes.c_int64(block), ctypes.c_int(int(split)), _ptr(scales),
+                                ctypes.c_int(int(scales.dtype == torch.float16)), _ptr(zeros),
+                                ctypes.c_int(int(zeros.dtype == torch.uint8)), ctypes.c_float(shift),
+                                ctypes.c_int64(group), _ptr(y))
+    return y if rc == 0 else None

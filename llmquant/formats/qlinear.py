@@ -44,18 +44,27 @@ INT4_KERNEL_MAX_ROWS = {
     (torch.float32, False): 32, (torch.float32, True): 32,
     (torch.bfloat16, False): 64, (torch.bfloat16, True): 32,
 }
-INT8_KERNEL_MAX_ROWS = 8
-"""Largest number of activation rows sent to the grouped int8 kernel (native.int8_group_matmul);
-above it the dense path. Measured with bench/kernels.py (bench/results/kernels-2026-12-03.md)."""
-
-"""Largest number of activation rows sent to the int4 kernel, by (activation dtype, whether the
+"""Largest number of activation rows sent to torch's int4 kernel, by (activation dtype, whether the
 dense path's dequantization is compiled); above it the dense path (dequantize + one matmul).
 Measured with bench/kernels.py on the team's 2-core AVX512/AMX machine
 (bench/results/kernels-2026-11-27-static.md), summed over a SmolLM2 block, bf16 activations:
 int4 1.4 ms vs compiled dense 1.6 ms at 32 rows, 2.7 vs 1.7 at 64; eager dense 4.1 ms at 64, 4.5
 vs int4 5.4 at 128. With fp32 activations the kernel would stay faster up to 64 rows but computes
 in bf16: fp32 calls use it only for decode-sized inputs, so longer ones (prompts, perplexity
-windows) are exact fp32."""
+windows) are exact fp32. Not used where torch dispatches at DEFAULT (no vector kernel: 5-20x
+slower than fp32, bench/results/kernels-2026-12-03-*.md)."""
+
+C_INT4_MAX_ROWS = {"AVX512": 0, "AVX2": 1, "DEFAULT": 8}
+"""Largest number of activation rows sent to our C int4 kernel (native.int4_matmul: fp32 math on
+torch's packed bytes), by dispatch capability; it is tried before torch's kernel. Measured with
+bench/kernels.py (bench/results/kernels-2026-12-03-*.md): at AVX2 one row is 1.0-1.6x faster than
+torch's kernel (which wins from 2 rows); at AVX512 torch's is faster; at DEFAULT it is the only
+usable kernel."""
+
+INT8_KERNEL_MAX_ROWS = 8
+"""Largest number of activation rows sent to the grouped int8 C kernel (native.int8_group_matmul);
+above it the dense path. Measured with bench/kernels.py at AVX512 and AVX2 (fp32 and bf16
+activations): the kernel wins up to 8 rows on both, ties or loses from 16."""
 
 
 def _compact(t: Tensor, small: torch.dtype) -> Tensor:
@@ -125,9 +134,15 @@ class QuantLinear(nn.Module):
 
     # -- compute ---------------------------------------------------------------------------
     def path_for(self, rows: int, dtype: torch.dtype, device: torch.device) -> str:
-        if (self.packed is not None and device.type == "cpu"
+        if device.type != "cpu":
+            return "dense"
+        cap = torch.backends.cpu.get_cpu_capability()
+        if (self.int4_layout is not None and rows <= C_INT4_MAX_ROWS.get(cap, 0)
+                and native.load("int4_gemm") is not None):
+            return "int4c"  # decode-sized calls: fp32 math on the packed bytes
+        if (self.packed is not None and cap != "DEFAULT"
                 and rows <= INT4_KERNEL_MAX_ROWS.get((dtype, self.dequant is not dequant_int4_columns), 0)):
-            return "int4"  # decode-sized calls: bf16 activations through the int4 kernel
+            return "int4"  # decode-sized calls: bf16 activations through torch's int4 kernel
         if (self.int8_group and device.type == "cpu" and rows <= INT8_KERNEL_MAX_ROWS
                 and native.load("int8_group_gemm") is not None):
             return "int8"  # decode-sized calls: fp32 math on the uint8 rows
@@ -141,6 +156,9 @@ class QuantLinear(nn.Module):
         path = self.path_for(x2.shape[0], x.dtype, x.device)
         if path == "int4":
             y = int4_matmul(x2, Int4Packed(self.packed, self.scale_zero, self.kernel_group))
+        elif path == "int4c":
+            y = native.int4_matmul(x2, self.packed, self.out_features, self.int4_layout.block, self.int4_layout.split,
+                                   self.scales, self.zeros, self.q_shift, self.group_size).to(x.dtype)
         elif path == "int8":
             y = native.int8_group_matmul(x2, self.rows, self.scales, self.zeros, self.int8_group).to(x.dtype)
         elif self.layout == "int4pack":

@@ -43,6 +43,11 @@ def test_every_layout_unpacks_and_dequantizes(layout):
         assert torch.equal(native(layout.blocks(packed, n, k), scales, zeros, 0, group, torch.float32, layout.split),
                            w.t())
     x = torch.randn(5, k)
+    if load("int4_gemm") is not None:  # the C decode kernel reads every layout in place
+        from llmquant.formats.native import int4_matmul
+
+        y = int4_matmul(x, packed, n, layout.block, layout.split, scales, zeros, 0, group)
+        torch.testing.assert_close(y, x @ w.t(), rtol=1e-5, atol=1e-4)
     for elems in (k * layout.block, 1 << 20):  # one row block at a time, and all at once
         y = int4_dense_matmul(x, packed, scales, zeros, group, block_elems=elems, layout=layout)
         torch.testing.assert_close(y, x @ w.t(), rtol=1e-5, atol=1e-5)

@@ -38,6 +38,12 @@ CASES = [
 ]
 
 
+def decode_path(rows):
+    """The path a decode-sized call takes on this CPU (qlinear's tables, by dispatch capability)."""
+    cap = torch.backends.cpu.get_cpu_capability()
+    return "int4c" if rows <= qlinear.C_INT4_MAX_ROWS.get(cap, 0) else "int4"
+
+
 def rel_err(y, ref):
     return float((y.double() - ref).norm() / ref.norm())
 
@@ -60,7 +66,7 @@ def test_int4_kernel_path_within_bf16_tolerance(out_f, in_f, bits, gs, act):
     m = QuantLinear(iw, None)
     for dtype in (torch.float32, torch.bfloat16):
         x = torch.randn(1, 3, in_f).to(dtype)
-        assert m.path_for(3, dtype, x.device) == "int4"
+        assert m.path_for(3, dtype, x.device) == decode_path(3)
         y = m(x)
         assert y.dtype == dtype and y.shape == (1, 3, out_f)
         # bf16 activations and bf16 scale/zero in the kernel: relative error at bf16 level
@@ -185,9 +191,10 @@ def test_kernel_rule_depends_on_compiled_dequantization():
     iw = make_weight(128, 128, 4, 64)
     eager, fused = QuantLinear(iw, None), QuantLinear(iw, None, compiled_dequant())
     cpu = torch.device("cpu")
-    assert eager.path_for(1, torch.bfloat16, cpu) == fused.path_for(1, torch.bfloat16, cpu) == "int4"
+    assert eager.path_for(1, torch.bfloat16, cpu) == fused.path_for(1, torch.bfloat16, cpu) == decode_path(1)
     # 48 prompt rows in bf16: the eager dense path is slower than the kernel, the compiled one faster
-    assert eager.path_for(48, torch.bfloat16, cpu) == "int4" and fused.path_for(48, torch.bfloat16, cpu) == "dense"
+    if torch.backends.cpu.get_cpu_capability() != "DEFAULT":  # there torch's int4 kernel is never used
+        assert eager.path_for(48, torch.bfloat16, cpu) == "int4" and fused.path_for(48, torch.bfloat16, cpu) == "dense"
     assert eager.path_for(48, torch.float32, cpu) == fused.path_for(48, torch.float32, cpu) == "dense"
 
 
@@ -248,3 +255,20 @@ def test_native_dense_paths_are_bit_identical_to_eager(monkeypatch):
     iw = make_weight(96, 128, 8, 32)
     m = QuantLinear(iw, None)
     assert torch.equal(native.int8_group_dequant(m.rows, m.scales, m.zeros, 32, 5, 77), iw.dequantize()[5:77])
+
+
+def test_c_int4_kernel_is_fp32_exact():
+    """Our C kernel on torch's packed bytes (the decode path at AVX2/DEFAULT dispatch): fp32 math."""
+    from llmquant.formats import native
+
+    if native.load("int4_gemm") is None:
+        pytest.skip("no C compiler")
+    for bits, gs, act, sym in ((4, 64, False, False), (3, 32, True, True), (4, -1, False, True)):
+        iw = make_weight(128, 192, bits, gs, sym=sym, act_order=act)
+        bias = torch.randn(128)
+        m = QuantLinear(iw, bias)
+        m.path_for = lambda *a: "int4c"
+        for rows in (1, 5):
+            x = torch.randn(rows, 192)
+            torch.testing.assert_close(m(x).double(), reference(x, iw, bias), rtol=1e-5, atol=1e-4)
+        assert m(x.bfloat16()).dtype == torch.bfloat16
