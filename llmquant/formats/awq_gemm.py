@@ -23,6 +23,8 @@ with order_map [0,2,4,6,1,3,5,7]); vLLM `quantization/utils/marlin_utils.py`
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -139,8 +141,8 @@ def config_version(qc: dict) -> str:
     return str(qc.get("version", "gemm")).lower()
 
 
-def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
-    """Unpack every `*.qweight` layer of an AWQ GEMM checkpoint (pops the tensors it uses)."""
+def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, IntWeight]]:
+    """Unpack each `*.qweight` layer of an AWQ GEMM checkpoint in turn (pops the tensors it uses)."""
     from ..errors import UserError
 
     qc = info.quant_config
@@ -151,14 +153,12 @@ def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
     bits = config_bits(qc)
     if bits not in ORDER:
         raise UserError(f"{path}: quantization_config.bits: {bits!r} is not supported for AWQ; supported: 4, 8")
-    out = {}
     for name in sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".qweight")}):
         t = {leaf: state.pop(f"{name}.{leaf}") for leaf in ("qweight", "qzeros", "scales")
              if f"{name}.{leaf}" in state}
         if "scales" not in t:
             raise UserError(f"{path}: {name}.scales is missing")
         try:
-            out[name] = unpack_layer(t, bits)
+            yield name, unpack_layer(t, bits)
         except ValueError as e:
             raise UserError(f"{path}: {name}: {e}") from None
-    return out

@@ -27,6 +27,8 @@ shapes) and `quantization/quant_args.py` / `quant_config.py` (field names, strat
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import re
 from dataclasses import dataclass
 
@@ -163,8 +165,8 @@ def unpack_layer(tensors: dict[str, Tensor], scheme: WeightScheme) -> IntWeight:
 LEAVES = ("weight_packed", "weight_scale", "weight_zero_point", "weight_g_idx", "weight_shape")
 
 
-def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
-    """Unpack every `*.weight_packed` layer (pops the tensors it uses)."""
+def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, IntWeight]]:
+    """Unpack each `*.weight_packed` layer in turn (pops the tensors it uses)."""
     from ..errors import UserError
 
     qc = info.quant_config
@@ -178,7 +180,6 @@ def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
         raise UserError(f"{path}: quantization_config.{e}") from None
     if not all_schemes:
         raise UserError(f"{path}: quantization_config.config_groups has no weight scheme")
-    out = {}
     for name in sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".weight_packed")}):
         scheme = scheme_for(name, all_schemes)
         if scheme is None:
@@ -186,7 +187,6 @@ def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
                             f"(groups: {', '.join(s.group for s in all_schemes)})")
         t = {leaf: state.pop(f"{name}.{leaf}") for leaf in LEAVES if f"{name}.{leaf}" in state}
         try:
-            out[name] = unpack_layer(t, scheme)
+            yield name, unpack_layer(t, scheme)
         except (ValueError, KeyError) as e:
             raise UserError(f"{path}: {name}: {e}") from None
-    return out

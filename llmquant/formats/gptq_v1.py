@@ -23,6 +23,8 @@ in that permutation // group_size (with static_groups: i // group_size, monotoni
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import Tensor
 
@@ -128,14 +130,13 @@ def modules_in_block(names: list[str], blocks_prefix: str) -> list[list[str]]:
     return [rel]
 
 
-def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
-    """Unpack every `*.qweight` layer of a GPTQ checkpoint (pops the tensors it uses).
+def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, IntWeight]]:
+    """Unpack each `*.qweight` layer of a GPTQ checkpoint in turn (pops the tensors it uses).
 
     Bits are read from each layer's shapes (rows of qweight = in * bits / 32), so per-module
     `dynamic` overrides need no special handling; v2 checkpoints store true zero points.
     """
     zero_offset = 0 if info.format == "gptq-v2" else 1
-    out = {}
     for name in sorted({k.rsplit(".", 1)[0] for k in state if k.endswith(".qweight")}):
         t = {leaf: state.pop(f"{name}.{leaf}") for leaf in ("qweight", "qzeros", "scales", "g_idx")
              if f"{name}.{leaf}" in state}
@@ -146,5 +147,4 @@ def read_layers(path, info, state: dict[str, Tensor]) -> dict[str, IntWeight]:
             bits = info.bits
             in_f = t["qweight"].shape[0] * 32 // bits
             t["g_idx"] = torch.arange(in_f, dtype=torch.int32) // (in_f // n_groups)
-        out[name] = unpack_layer(t, bits, zero_offset)
-    return out
+        yield name, unpack_layer(t, bits, zero_offset)

@@ -39,8 +39,9 @@ class CheckpointInfo:
 class Reader:
     """How to read one `quant_method`, as lazy "module:function" names.
 
-    `layers(path, info, state) -> {module name: IntWeight}` unpacks packed layers from the
-    checkpoint's tensors (popping what it consumes); the shared loader does the rest.
+    `layers(path, info, state) -> iterator of (module name, IntWeight)` unpacks packed layers
+    from the checkpoint's tensors one at a time (popping what it consumes), so a loader holds at
+    most one layer's unpacked integers beside the packed modules; the shared loader does the rest.
     A format that needs its own whole loader names `load(path, info, dtype, trust_remote_code, device)`.
     """
 
@@ -156,14 +157,15 @@ def load_packed(path: Path, info: CheckpointInfo, dtype: torch.dtype, trust_remo
     from .qlinear import QuantLinear
 
     state = read_tensors(path)
-    layers = _lazy(READERS[info.method].layers)(path, info, state)
-    if not layers:
-        raise UserError(f"{path}: config says {info.method} but no packed layers were found")
     model = empty_model(path, dtype, trust_remote_code)
     dequant = compiled_dequant() if compile_kernels else None
-    for name, weight in layers.items():
+    built = 0
+    for name, weight in _lazy(READERS[info.method].layers)(path, info, state):  # one layer unpacked at a time
         bias = state.pop(f"{name}.bias", None)
         set_module(model, name, QuantLinear(weight, bias.to(dtype) if bias is not None else None, dequant))
+        built += 1
+    if not built:
+        raise UserError(f"{path}: config says {info.method} but no packed layers were found")
     return finish_loading(model, state, dtype, path)
 
 

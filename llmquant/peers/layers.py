@@ -23,7 +23,7 @@ def layer_errors(checkpoint: Path, base_dir: Path) -> list[dict]:
     if reader is None or reader.layers is None:
         return []
     state = read_tensors(checkpoint)
-    layers = _lazy(reader.layers)(checkpoint, info, state)
+    layers = dict(_lazy(reader.layers)(checkpoint, info, state))
     wanted = {f"{name}.weight" for name in layers}
     base = read_tensors(base_dir, names=lambda k: k in wanted)
     rows = []
