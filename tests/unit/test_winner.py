@@ -64,3 +64,11 @@ def test_guard_values_are_validated(bad, msg):
 
     with pytest.raises(ValidationError, match=msg):
         SelectSpec(**yaml.safe_load(bad))
+
+
+def test_same_speed_is_not_a_slowdown_and_guarded_metrics_get_no_hint():
+    even = Candidate("w8", 170, 10.1, ttft_ms=25.2, decode_tok_s=44.7)  # within 1 %: measurement noise
+    assert pick_winner(BASE, [even], SelectSpec()).warnings == ()
+    slow = Candidate("w8", 170, 10.1, ttft_ms=27, decode_tok_s=40)
+    d = pick_winner(BASE, [slow], SelectSpec(max_ttft_ratio=1.1))  # TTFT guarded and within it
+    assert d.winner == "w8" and len(d.warnings) == 3 and d.warnings[-1].startswith("set select.min_decode_ratio to")
