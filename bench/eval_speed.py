@@ -56,7 +56,8 @@ def main() -> None:
     rows = []
     ppl_plain, tps_plain = plain_loop(model_dir, ids, args.seqlen, args.windows)
     rows.append(("plain transformers loop, fp32", ppl_plain, tps_plain, None))
-    for dtype in ("float32", resolve_dtype("auto", "cpu")):
+    auto = resolve_dtype("auto", "cpu")  # float32 where bf16 is not fast (e.g. at AVX2 dispatch): measured once
+    for dtype in ("float32",) + ((auto,) if auto != "float32" else ()):
         job = EvalJob(checkpoint=str(model_dir), tokens_path=str(tokens), corpus=label, corpus_sha256="-",
                       seqlen=args.seqlen, max_windows=args.windows, dtype=dtype, device="cpu", check_windows=2)
         r = evaluate_checkpoint(job)
