@@ -42,7 +42,8 @@ def _compile(source: Path, capability: str) -> Path | None:
     if cc is None:
         return None
     flags = ["-O3", "-fPIC", "-shared", "-fopenmp", *FLAGS.get(capability, [])]
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:16]
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join(flags).encode()).hexdigest()[:16]
     out = cache_root() / f"{source.stem}-{capability.lower()}-{key}.so"
     if out.exists():
         return out

@@ -10,6 +10,8 @@
  * uint8 or fp32 (flags), as QuantLinear keeps them. Split layouts with B = 32 (AVX2) or 64
  * (AVX-512) have vector bodies; anything else runs the portable loop. */
 #include <stdint.h>
+
+#include "group_sums.h"
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -110,14 +112,8 @@ int llmquant_int4_gemm(const float *x, int64_t M, int64_t K, const uint8_t *pack
 {
     if (B <= 0 || B > 256 || B % 2 || N % B || group <= 0 || K % group) return 1;
     const int64_t G = K / group, NB = N / B;
-    float *xs = (float *)malloc(sizeof(float) * (size_t)(M * G));
+    float *xs = group_sums(x, M, K, group);
     if (!xs) return 2;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t g = 0; g < G; g++) {
-            float t = 0.f;
-            for (int64_t k = 0; k < group; k++) t += x[m * K + g * group + k];
-            xs[m * G + g] = t;
-        }
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < NB; b++) {
         float yb[256];

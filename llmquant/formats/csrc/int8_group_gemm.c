@@ -8,6 +8,8 @@
  * per instruction set (AVX-512, AVX2+FMA, portable C), chosen by the flags native.py compiles
  * with for the capability torch dispatches to. group must be a multiple of 16. */
 #include <stdint.h>
+
+#include "group_sums.h"
 #include <stdlib.h>
 #if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
@@ -91,14 +93,8 @@ int llmquant_int8_group_gemm(const float *x, int64_t M, int64_t K, const uint8_t
 {
     if (group <= 0 || group % 16 || K % group) return 1;
     const int64_t G = K / group;
-    float *xs = (float *)malloc(sizeof(float) * (size_t)(M * G));
+    float *xs = group_sums(x, M, K, group);
     if (!xs) return 2;
-    for (int64_t m = 0; m < M; m++)
-        for (int64_t g = 0; g < G; g++) {
-            float t = 0.f;
-            for (int64_t k = 0; k < group; k++) t += x[m * K + g * group + k];
-            xs[m * G + g] = t;
-        }
     const int64_t blocks = (N + R - 1) / R;
 #pragma omp parallel for schedule(static)
     for (int64_t b = 0; b < blocks; b++) {
