@@ -344,6 +344,8 @@ class SelectSpec(Strict):
 class OutputSpec(Strict):
     dir: str | None = Field(None, description="run directory; default ./runs/<recipe name>")
     board: str | None = Field(None, description="leaderboard SQLite file; default the user data dir")
+    shard_size_mb: float = Field(4096, gt=0, le=1 << 20, description="largest safetensors shard of a quantized "
+                               "checkpoint (written block by block as the model is quantized)")
 
 
 class LocalServeSpec(Strict):

@@ -26,6 +26,8 @@ class QuantizeContext:
     work_dir: Path | None = None  # per-variant scratch space (per-block state for resume)
     tokenizer: Any = None
     model_dir: Path | None = None  # the base model as an HF directory (for methods that load it themselves)
+    blocks: Any = None  # a lazy.Blocks: how block weights become present (None: the model is in memory)
+    max_shard_bytes: int = 4 << 30  # largest safetensors shard of the written checkpoint
 
 
 @dataclass(frozen=True)

@@ -47,9 +47,9 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from safetensors.torch import load_file, save
@@ -59,6 +59,7 @@ from ..progress import NULL_PROGRESS, Progress
 from ..runs import atomic_write_bytes, atomic_write_json, file_sha256, read_json
 from .batches import _Runner
 from .blockrun import BlockHandler, BlockResult, BlockRun, InputGroup, _input_of
+from .lazy import Blocks, EagerBlocks
 from .targets import find_blocks
 
 __all__ = ["BlockHandler", "BlockResult", "BlockRun", "InputGroup", "SequentialOptions", "SequentialResult",
@@ -68,6 +69,8 @@ log = logging.getLogger("llmquant")
 
 TOKENS_PER_BATCH = 4096
 MANIFEST = "manifest.json"
+
+BlockDone = Callable[[int, str, nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -90,6 +93,7 @@ class SequentialResult:
     resumed: list[int]
     report: list[dict]
     hidden: list[Tensor] | None = None  # last block's outputs per batch, when keep_final
+    block_seconds: list[tuple[int, float]] = field(default_factory=list)  # (block, wall seconds) forwarded here
 
 
 # -- small helpers ----------------------------------------------------------------------------
@@ -296,7 +300,14 @@ class _StateStore:
 
 
 def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
-                   options: SequentialOptions = SequentialOptions(), progress: Progress = NULL_PROGRESS) -> SequentialResult:
+                   options: SequentialOptions = SequentialOptions(), progress: Progress = NULL_PROGRESS,
+                   residency: Blocks | None = None, on_done: BlockDone | None = None) -> SequentialResult:
+    """The loop (see the module docstring). `residency` makes each block's weights present on the
+    device for its turn and lets go of them after (default: the model is in memory, blocks move
+    to the device and back; `lazy.LazyBlocks` reads them from the checkpoint files). `on_done(i,
+    name, block)` is called once per block, solved or restored, while its final weights are still
+    loaded (a streamed checkpoint writes it there)."""
+    residency = residency or EagerBlocks()
     prefix, blocks = find_blocks(model)
     return_freed_memory()
     device = torch.device(options.device)
@@ -306,6 +317,7 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
     # restored blocks need a forward only when a later block is solved (or the output is wanted)
     last_needed = len(blocks) if (options.keep_final or done < len(blocks)) else 0
     solved, resumed, report = [], [], []
+    seconds: list[tuple[int, float]] = []
     if done:
         log.info("%s: resuming: blocks 0-%d were solved by an earlier run and are restored, not solved again",
                  options.label, done - 1)
@@ -322,14 +334,18 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 report.extend(rows)
                 resumed.append(i)
             if i >= last_needed:  # restored blocks past the last one to solve: no forward needed
+                residency.load(name, block, None)
                 handler.restore_block(BlockRun(i, name, block, [], [], [], device, autocast=options.autocast), state)
+                if on_done is not None:
+                    on_done(i, name, block)
+                residency.unload(name, block)
                 advance(1, note=f"block {i}: restored")
                 continue
             if inputs is None:
-                inputs, kwargs = capture_inputs(model, block, input_ids, bs, device)
+                with residency.outer(model):
+                    inputs, kwargs = capture_inputs(model, block, input_ids, bs, device)
             t0 = time.perf_counter()
-            home = next(block.parameters()).device
-            block.to(device)
+            residency.load(name, block, device)
             run = BlockRun(i, name, block, [], inputs, kwargs, device,
                            note=lambda text: advance(0, note=text), autocast=options.autocast)
             if i < done:
@@ -362,6 +378,9 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 report.extend(result.report)
                 solved.append(i)
                 note = f"block {i}: solved in {time.perf_counter() - t0:.1f} s"
-            block.to(home)  # `inputs` now holds this block's outputs: the next block's inputs
+            if on_done is not None:
+                on_done(i, name, block)
+            residency.unload(name, block)  # `inputs` now holds this block's outputs: the next block's inputs
+            seconds.append((i, time.perf_counter() - t0))
             advance(1, note=note)
-    return SequentialResult(solved, resumed, report, inputs if options.keep_final else None)
+    return SequentialResult(solved, resumed, report, inputs if options.keep_final else None, seconds)
