@@ -161,8 +161,11 @@ def build_calibration(recipe: Recipe, rd: RunDir, tokenizer, model_hash: str, pr
         corpus = load_corpus(spec.dataset, recipe.base_dir, "calibration.dataset")
         ids = cached_tokens(rd.cache, {"model": model_hash, "corpus": corpus.sha256}, tokenizer, corpus.text)
         crops = calibration_crops(ids, spec.n_samples, spec.seqlen, spec.seed, corpus.label)
-    key = content_hash({"model": model_hash, "corpus": corpus.sha256, "n": spec.n_samples,
-                        "seqlen": spec.seqlen, "seed": spec.seed})
+    identity = {"model": model_hash, "corpus": corpus.sha256, "n": spec.n_samples, "seqlen": spec.seqlen,
+                "seed": spec.seed}
+    if spec.activation_dtype != "float32":  # changes the results (float32, the default, keeps old keys)
+        identity["activation_dtype"] = spec.activation_dtype
+    key = content_hash(identity)
     return CalibrationSet(crops, key)
 
 
@@ -185,6 +188,17 @@ def load_for_quantizing(variant, base_dir: Path, device: str, trust_remote_code:
                 raise
             raise err from None
     return load_hf_model(base_dir, "float32", device, trust_remote_code), None
+
+
+def activation_settings(recipe: Recipe) -> dict:
+    """QuantizeContext's activation budget and dtype from the recipe's calibration section."""
+    import torch
+
+    spec = recipe.calibration
+    if spec is None:
+        return {}
+    return {"activation_budget_bytes": spec.activation_budget_mb << 20,
+            "activation_dtype": None if spec.activation_dtype == "float32" else getattr(torch, spec.activation_dtype)}
 
 
 STEP_KEYS = ("quantize_seconds", "quantize_peak_rss_bytes", "quantize_peak_rss_scope", "quantize_peak_device_bytes")
@@ -290,7 +304,8 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
                 model, blocks = load_for_quantizing(v, base_dir, device, recipe.model.trust_remote_code)
                 ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
                                       work_dir=work_dir, model_dir=base_dir, blocks=blocks,
-                                      max_shard_bytes=int(recipe.output.shard_size_mb * (1 << 20)))
+                                      max_shard_bytes=int(recipe.output.shard_size_mb * (1 << 20)),
+                                      **activation_settings(recipe))
                 with resource_errors(f"variants[{recipe.variants.index(v)}] ({v.name})", ckpt):
                     with atomic_dir(ckpt) as tmp:
                         summary = quantizer.quantize(model, v, calib, tmp, ctx)

@@ -334,7 +334,8 @@ class AWQQuantizer:
                             "batch_size": bs, "device": str(ctx.device), "dtype": str(dtype)})
         handler = AWQHandler(model, variant, settings, awq_arch.family_for(model_type), key, dtype)
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=False, work_dir=ctx.work_dir,
-                                 label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype)
+                                 label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype,
+                                 activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype)
         stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
         with stream:  # a failure removes what was written
             groups: dict[str, tuple[int, bool]] = {}

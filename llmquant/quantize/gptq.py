@@ -173,15 +173,16 @@ class GPTQQuantizer:
         head = "lm_head" in settings
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=variant.true_sequential,
                                  work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",
-                                 max_parked=self.max_parked)
+                                 max_parked=self.max_parked, activation_budget=ctx.activation_budget_bytes,
+                                 activation_dtype=ctx.activation_dtype)
         stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
         with stream:  # a failure removes what was written
             written: set[str] = set()
 
             def block_done(i: int, name: str, block: nn.Module) -> None:
                 """The block's packed Linears leave the handler for the checkpoint."""
-                packed = {}
-                for n in [n for n in handler.layers if n.startswith(name + ".")]:
+                packed = {}  # in model order, solved or restored alike: the same shard boundaries
+                for n in [n for n in targets if n.startswith(name + ".") and n in handler.layers]:
                     packed[n] = pack_gptq(handler.layers.pop(n), targets[n][0])
                     written.add(n)
                 stream.add_module(name, block, packed)

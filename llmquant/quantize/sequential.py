@@ -57,6 +57,7 @@ from torch import Tensor, nn
 
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import atomic_write_bytes, atomic_write_json, file_sha256, read_json
+from .activations import Activations
 from .batches import _Runner
 from .blockrun import BlockHandler, BlockResult, BlockRun, InputGroup, _input_of
 from .lazy import Blocks, EagerBlocks
@@ -85,6 +86,10 @@ class SequentialOptions:
     label: str = "sequential"
     autocast: torch.dtype | None = None  # run block forwards under torch.autocast (e.g. bfloat16
     #                                      matmuls on a CPU with AMX); None: the model's own dtype
+    activation_budget: int | None = None  # bytes of block inputs kept in memory (the rest spill to
+    #                                       work_dir/activations) and, staged with max_parked None, of
+    #                                       parked batches (estimated; fewer parked: same numbers)
+    activation_dtype: torch.dtype | None = None  # dtype the block inputs are kept in (None: as computed)
 
 
 @dataclass
@@ -343,7 +348,10 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 continue
             if inputs is None:
                 with residency.outer(model):
-                    inputs, kwargs = capture_inputs(model, block, input_ids, bs, device)
+                    first, kwargs = capture_inputs(model, block, input_ids, bs, device)
+                inputs = _activations(options, device)
+                while first:
+                    inputs.append(first.pop(0))
             t0 = time.perf_counter()
             residency.load(name, block, device)
             run = BlockRun(i, name, block, [], inputs, kwargs, device,
@@ -361,8 +369,8 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 run.groups = _relabel(groups, old, name, targets)
                 handler.begin_block(run)
                 runner = _Runner(run, handler)
-                if options.staged:
-                    runner.staged(options.max_parked)  # solves groups as it goes; inputs become outputs
+                if options.staged:  # solves groups as it goes; inputs become outputs
+                    runner.staged(parked_limit(options, block, inputs[0], len(inputs)))
                 else:
                     runner.forward(observe=True)
                     for g in run.groups:
@@ -383,4 +391,26 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
             residency.unload(name, block)  # `inputs` now holds this block's outputs: the next block's inputs
             seconds.append((i, time.perf_counter() - t0))
             advance(1, note=note)
-    return SequentialResult(solved, resumed, report, inputs if options.keep_final else None, seconds)
+    hidden = inputs.tensors() if (options.keep_final and inputs is not None) else None
+    if inputs is not None:
+        inputs.clear()
+    return SequentialResult(solved, resumed, report, hidden, seconds)
+
+
+def _activations(options: SequentialOptions, device: torch.device) -> Activations:
+    """Block inputs on the CPU (a GPU holds one block and one batch), spilling past the budget."""
+    spill = Path(options.work_dir) / "activations" if options.work_dir else None
+    return Activations(options.activation_budget, spill, options.activation_dtype,
+                       store_device=None if device.type == "cpu" else "cpu", compute_device=device)
+
+
+def parked_limit(options: SequentialOptions, block: nn.Module, x: Tensor, n_batches: int) -> int | None:
+    """How many batches the staged loop may keep parked: options.max_parked, else as many as the
+    activation budget holds by a rough estimate (each parked batch keeps about the outputs of
+    every Linear of the block plus a few hidden-sized tensors), else all."""
+    if options.max_parked is not None or options.activation_budget is None:
+        return options.max_parked
+    width = sum(m.out_features for m in block.modules() if isinstance(m, nn.Linear)) + 4 * x.shape[-1]
+    per_batch = x.numel() // x.shape[-1] * width * x.element_size()
+    limit = max(1, options.activation_budget // max(1, per_batch))
+    return None if limit >= n_batches else limit
