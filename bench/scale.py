@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/scale.py                                   # 2, 4, 8 layers x rtn, gptq, awq
     PYTHONPATH=. python bench/scale.py --layers 2 8 --methods rtn gptq   # fewer runs
+    PYTHONPATH=. python bench/scale.py --runs rtn:2,8 gptq:2,8 awq:2      # per method
 
 Models: synthetic Llamas with the layer shapes of Llama-2-7B (hidden 4096, intermediate 11008,
 32 heads, 32 KV heads), random weights (normal, std 0.02; norms 1) stored in bf16 as a sharded
@@ -93,7 +94,7 @@ def child(args: argparse.Namespace) -> None:
 
     model_dir = Path(args.model)
     tok = load_tokenizer(model_dir)
-    ids = torch.tensor(tok(WIKI_VALID.read_text()).input_ids)
+    ids = torch.tensor([tok(WIKI_VALID.read_text()).input_ids])
     crops = calibration_crops(ids, args.n_samples, args.seqlen, 0, "wikitext-2 valid")
     common = {"bits": 4, "group_size": 128}
     if args.method == "rtn":
@@ -139,6 +140,12 @@ def projection(rows: dict[int, dict]) -> tuple[float, float, float]:
     return per_layer, peak32, FULL_LAYERS * statistics.median(blocks) + fixed
 
 
+def command(args) -> str:
+    if args.runs:
+        return "--runs " + " ".join(args.runs)
+    return f"--layers {' '.join(map(str, args.layers))} --methods {' '.join(args.methods)}"
+
+
 def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
     import torch
 
@@ -146,8 +153,8 @@ def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
     lines = [f"# Quantizing Llama-2-7B-shaped models block by block ({date.today()})", "",
              f"- machine: {machine()}",
              f"- torch.backends.cpu.get_cpu_capability(): {torch.backends.cpu.get_cpu_capability()}",
-             f"- command: `PYTHONPATH=. python bench/scale.py --layers {' '.join(map(str, args.layers))} "
-             f"--methods {' '.join(args.methods)} --n-samples {args.n_samples} --seqlen {args.seqlen}`",
+             f"- command: `PYTHONPATH=. python bench/scale.py {command(args)} --n-samples {args.n_samples} "
+             f"--seqlen {args.seqlen}`",
              f"- started {started}; each run in its own process, one at a time",
              "- models: hidden 4096, intermediate 11008, 32 heads (MHA), random bf16 weights on disk, "
              "SmolLM2 tokenizer (vocab 49152), untied lm_head; W4 g128; calibration "
@@ -185,6 +192,7 @@ def main() -> None:
     ap.add_argument("--out")
     ap.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--methods", nargs="+", default=["rtn", "gptq", "awq"])
+    ap.add_argument("--runs", nargs="+", help="method:layers,layers,... (instead of --layers x --methods)")
     ap.add_argument("--n-samples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--device", default="cpu")
@@ -199,10 +207,14 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = smollm2_dir(work)
-    results: dict[str, dict[int, dict]] = {m: {} for m in args.methods}
-    for n in args.layers:
+    plan = {m: list(args.layers) for m in args.methods}
+    if args.runs:
+        plan = {r.split(":")[0]: [int(x) for x in r.split(":")[1].split(",")] for r in args.runs}
+        args.methods, args.layers = list(plan), sorted({n for ns in plan.values() for n in ns})
+    results: dict[str, dict[int, dict]] = {m: {} for m in plan}
+    for n in sorted({n for ns in plan.values() for n in ns}):
         model = synthetic_llama(work / f"llama7b-shape-{n}l", n, tokenizer_dir)
-        for method in args.methods:
+        for method in [m for m in plan if n in plan[m]]:
             out = work / f"q-{method}-{n}l"
             r = run_one(model, method, out, args)
             results[method][n] = r

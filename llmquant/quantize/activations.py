@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class Activations:
@@ -86,3 +86,13 @@ class Activations:
         if self.spill_dir is not None and self.spill_dir.is_dir():
             for f in self.spill_dir.glob("batch-*.safetensors"):
                 f.unlink()
+
+
+def parked_within(budget: int, block: nn.Module, x: Tensor, n_batches: int) -> int | None:
+    """How many batches the staged loop may keep parked within `budget` bytes (None: all), by a
+    rough estimate: a parked batch keeps about the outputs of every Linear of the block plus a
+    few hidden-sized tensors, in the dtype of `x` (one batch's block input)."""
+    width = sum(m.out_features for m in block.modules() if isinstance(m, nn.Linear)) + 4 * x.shape[-1]
+    per_batch = x.numel() // x.shape[-1] * width * x.element_size()
+    limit = max(1, budget // max(1, per_batch))
+    return None if limit >= n_batches else limit

@@ -83,7 +83,7 @@ class CheckpointStream:
             if not todo:
                 continue
             view = OwnTensors(module)
-            blocks.load(name, view, None)
+            blocks.load(name, view, None, self.dtype)  # read straight into the save dtype (no float32 copy)
             try:
                 for leaf, t in own_tensors(module).items():
                     if leaf in todo:

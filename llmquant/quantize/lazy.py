@@ -94,10 +94,6 @@ def skeleton(model_dir: Path, trust_remote_code: bool = False) -> nn.Module:
     return model.eval()
 
 
-def is_lazy(model: nn.Module) -> bool:
-    return any(p.is_meta for p in model.parameters())
-
-
 def tensor_names(module: nn.Module, prefix: str) -> dict[str, str]:
     """{name in the checkpoint: name inside `module`} of its parameters and persistent buffers."""
     pre = f"{prefix}." if prefix else ""
@@ -137,7 +133,8 @@ class Blocks(Protocol):
 
     lazy: bool
 
-    def load(self, name: str, module: nn.Module, device: torch.device | str | None) -> None: ...
+    def load(self, name: str, module: nn.Module, device: torch.device | str | None,
+             dtype: torch.dtype | None = None) -> None: ...
 
     def unload(self, name: str, module: nn.Module) -> None: ...
 
@@ -152,8 +149,8 @@ class EagerBlocks:
     def __init__(self) -> None:
         self._home: dict[str, torch.device] = {}
 
-    def load(self, name: str, module: nn.Module, device) -> None:
-        if device is None:
+    def load(self, name: str, module: nn.Module, device, dtype: torch.dtype | None = None) -> None:
+        if device is None:  # (dtype: the tensors are already in memory; the writer casts them)
             return
         p = next(module.parameters(), None)
         self._home[name] = p.device if p is not None else torch.device("cpu")
@@ -179,7 +176,9 @@ class LazyBlocks:
         self.aliases = aliases or {}  # tied names absent from the files -> the name they are stored under
         self._saved: dict[str, dict[str, Tensor]] = {}
 
-    def load(self, name: str, module: nn.Module, device) -> None:
+    def load(self, name: str, module: nn.Module, device, dtype: torch.dtype | None = None) -> None:
+        """`dtype` overrides the loader's for floating point tensors (e.g. the save dtype of
+        tensors only written out: stored -> save dtype directly rounds exactly as through float32)."""
         names = tensor_names(module, name)
         stored = {full: full if full in self.source else self.aliases.get(full, full) for full in names}
         missing = [full for full, s in stored.items() if s not in self.source]
@@ -190,7 +189,7 @@ class LazyBlocks:
         saved = {}
         for full, rel in names.items():
             t = tensors[stored[full]]
-            t = t.to(self.dtype) if t.is_floating_point() else t
+            t = t.to(dtype or self.dtype) if t.is_floating_point() else t
             saved[rel] = _set(module, rel, t.to(device or "cpu"))
         self._saved[name] = saved
 

@@ -49,7 +49,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save
@@ -57,8 +57,9 @@ from torch import Tensor, nn
 
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import atomic_write_bytes, atomic_write_json, file_sha256, read_json
-from .activations import Activations
+from .activations import Activations, parked_within
 from .batches import _Runner
+from .capture import capture_inputs
 from .blockrun import BlockHandler, BlockResult, BlockRun, InputGroup, _input_of
 from .lazy import Blocks, EagerBlocks
 from .targets import find_blocks
@@ -101,39 +102,6 @@ class SequentialResult:
     block_seconds: list[tuple[int, float]] = field(default_factory=list)  # (block, wall seconds) forwarded here
 
 
-# -- small helpers ----------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    pass
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _share(prev: Any, cur: Any) -> Any:
-    """`cur` with tensors equal to those at the same place in `prev` replaced by prev's (memory)."""
-    if isinstance(cur, Tensor) and isinstance(prev, Tensor):
-        same = prev.shape == cur.shape and prev.dtype == cur.dtype and prev.device == cur.device and torch.equal(prev, cur)
-        return prev if same else cur
-    if isinstance(cur, (tuple, list)) and isinstance(prev, type(cur)) and len(prev) == len(cur):
-        return type(cur)(_share(p, c) for p, c in zip(prev, cur))
-    if isinstance(cur, dict) and isinstance(prev, dict):
-        return {k: _share(prev.get(k), v) for k, v in cur.items()}
-    return cur
-
-
-
-
 def return_freed_memory() -> None:
     """Make glibc give large freed blocks back to the OS.
 
@@ -158,48 +126,6 @@ def return_freed_memory() -> None:
 
 def default_batch_size(seqlen: int) -> int:
     return max(1, TOKENS_PER_BATCH // max(1, seqlen))
-
-
-# -- capturing the first block's inputs ------------------------------------------------------
-
-
-def capture_inputs(model: nn.Module, first_block: nn.Module, input_ids: Tensor, batch_size: int,
-                   device: torch.device) -> tuple[list[Tensor], list[dict]]:
-    """Run the model up to its first block on each batch; return that block's inputs.
-
-    A pre-hook records the block's arguments and stops the forward, so nothing past the
-    embeddings (and the mask / rotary set-up) is computed.
-    """
-    captured: list[tuple[tuple, dict]] = []
-
-    def hook(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    embed_device = model.get_input_embeddings().weight.device
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
-    inputs, kwargs_list = [], []
-    try:
-        with torch.no_grad():
-            for start in range(0, input_ids.shape[0], batch_size):
-                batch = input_ids[start:start + batch_size].to(embed_device)
-                try:
-                    model(input_ids=batch, use_cache=False)
-                except _StopForward:
-                    pass
-                if not captured:
-                    raise RuntimeError("the model's forward never reached its first decoder block")
-                args, kw = captured.pop()
-                kw = dict(kw)
-                hidden = args[0] if args else kw.pop("hidden_states")
-                rest = {"args": _to(tuple(args[1:]), device), "kwargs": _to(kw, device)}
-                if kwargs_list:
-                    rest = _share(kwargs_list[-1], rest)
-                inputs.append(hidden.to(device))
-                kwargs_list.append(rest)
-    finally:
-        handle.remove()
-    return inputs, kwargs_list
 
 
 # -- discovering the input groups of a block -------------------------------------------------
@@ -348,7 +274,8 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 continue
             if inputs is None:
                 with residency.outer(model):
-                    first, kwargs = capture_inputs(model, block, input_ids, bs, device)
+                    first, kwargs = capture_inputs(model, block, input_ids, bs, device,
+                                                   None if device.type == "cpu" else torch.device("cpu"))
                 inputs = _activations(options, device)
                 while first:
                     inputs.append(first.pop(0))
@@ -405,12 +332,8 @@ def _activations(options: SequentialOptions, device: torch.device) -> Activation
 
 
 def parked_limit(options: SequentialOptions, block: nn.Module, x: Tensor, n_batches: int) -> int | None:
-    """How many batches the staged loop may keep parked: options.max_parked, else as many as the
-    activation budget holds by a rough estimate (each parked batch keeps about the outputs of
-    every Linear of the block plus a few hidden-sized tensors), else all."""
+    """options.max_parked, else as many batches as the activation budget holds (see
+    activations.parked_within), else all."""
     if options.max_parked is not None or options.activation_budget is None:
         return options.max_parked
-    width = sum(m.out_features for m in block.modules() if isinstance(m, nn.Linear)) + 4 * x.shape[-1]
-    per_batch = x.numel() // x.shape[-1] * width * x.element_size()
-    limit = max(1, options.activation_budget // max(1, per_batch))
-    return None if limit >= n_batches else limit
+    return parked_within(options.activation_budget, block, x, n_batches)

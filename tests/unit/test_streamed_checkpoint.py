@@ -164,8 +164,8 @@ def test_only_one_block_is_resident_at_a_time(tmp_path, models, monkeypatch):
     loaded, most = set(), []
     real_load, real_unload = LazyBlocks.load, LazyBlocks.unload
 
-    def load(self, name, module, device):
-        real_load(self, name, module, device)
+    def load(self, name, module, device, dtype=None):
+        real_load(self, name, module, device, dtype)
         loaded.add(name)
         most.append(len([n for n in loaded if ".layers." in n]))
 
