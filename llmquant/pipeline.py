@@ -176,10 +176,10 @@ def load_for_quantizing(variant, base_dir: Path, device: str, trust_remote_code:
     if loads_own_model(variant):
         return None, None
     if any(Path(base_dir).glob("*.safetensors")):
-        from .quantize.lazy import lazy_model
+        from .quantize.lazy import lazy_model, missing_tensors
 
         try:
-            return lazy_model(base_dir, trust_remote_code)
+            model, blocks = lazy_model(base_dir, trust_remote_code)
         except UserError:
             raise
         except Exception as e:
@@ -187,6 +187,11 @@ def load_for_quantizing(variant, base_dir: Path, device: str, trust_remote_code:
             if err is None:
                 raise
             raise err from None
+        missing = missing_tensors(model, blocks)
+        if not missing:
+            return model, blocks
+        log.warning("%s: tensor names differ from the model's (e.g. %s is not in the files): loading the whole "
+                    "model to quantize it (memory grows with its size)", base_dir, missing[0])
     return load_hf_model(base_dir, "float32", device, trust_remote_code), None
 
 

@@ -240,3 +240,10 @@ def lazy_model(model_dir: Path, trust_remote_code: bool = False) -> tuple[nn.Mod
     model = skeleton(model_dir, trust_remote_code)
     source = WeightSource(model_dir)
     return model, LazyBlocks(source, torch.float32, tied_aliases(model, source))
+
+
+def missing_tensors(model: nn.Module, blocks: LazyBlocks) -> list[str]:
+    """Tensors the skeleton expects that the files lack (checkpoints whose names transformers
+    converts while loading, e.g. older or fused layouts): such a model is loaded whole instead."""
+    names = tensor_names(model, "")
+    return [n for n in names if n not in blocks.source and blocks.aliases.get(n, n) not in blocks.source]

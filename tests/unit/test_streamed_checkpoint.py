@@ -212,3 +212,18 @@ def test_a_missing_tensor_names_itself_and_the_directory(tmp_path, models):
     with pytest.raises(UserError, match=r"broken: the checkpoint has no tensor model\.layers\.1\.mlp\.up_proj\.weight"):
         RTNQuantizer().quantize(skeleton, variant_for("rtn"), None, tmp_path / "out", QuantizeContext(blocks=blocks))
     assert not (tmp_path / "out").exists()  # the blocks already streamed were removed
+
+
+def test_a_checkpoint_named_otherwise_is_loaded_whole_with_a_warning(tmp_path, caplog):
+    from transformers import LlamaConfig, LlamaModel
+
+    from llmquant.pipeline import load_for_quantizing
+
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=4, vocab_size=128)
+    LlamaModel(cfg).save_pretrained(tmp_path / "base")  # names without the "model." prefix
+    model, blocks = load_for_quantizing(variant_for("rtn"), tmp_path / "base", "cpu", False)
+    assert blocks is None and not any(p.is_meta for p in model.parameters())
+    assert "model.embed_tokens.weight is not in the files" in caplog.text
+    model, blocks = load_for_quantizing(variant_for("rtn"), make_model(tmp_path / "ok", tie=True), "cpu", False)
+    assert blocks is not None and all(p.is_meta for p in model.parameters())
