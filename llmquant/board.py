@@ -38,6 +38,8 @@ COLUMNS = [
     ("latency_ms_p90", "REAL"), ("throughput", "REAL"), ("verdict", "TEXT"),
     # the peer tool that quantized the variant ("gptqmodel 7.6.0"); NULL for our own quantizers
     ("backend", "TEXT"),
+    # the quantize step of the variant (its manifest): wall seconds, peak resident / device memory
+    ("quantize_seconds", "REAL"), ("quantize_peak_rss_bytes", "INTEGER"), ("quantize_peak_device_bytes", "INTEGER"),
 ]
 NAMES = [c for c, _ in COLUMNS]
 SCHEMA = (
@@ -139,8 +141,9 @@ class Board:
 def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: str, method: str,
                bits: int | None, group_size: int | None, fmt: str, is_baseline: bool, result: "EvalResult",
                baseline_ppl: float | None, artifact: str, artifact_hash: str,
-               backend: str | None = None) -> dict:
-    """A leaderboard row for one evaluated checkpoint (`backend`: the peer tool that quantized it)."""
+               backend: str | None = None, quantize: dict | None = None) -> dict:
+    """A leaderboard row for one evaluated checkpoint (`backend`: the peer tool that quantized it;
+    `quantize`: the quantize step's measurements from the variant's manifest)."""
     from . import __version__
 
     lat = result.latency
@@ -155,6 +158,8 @@ def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: 
         "protocol": result.protocol.describe(), "version": __version__, "artifact": artifact,
         "artifact_hash": artifact_hash, "result_json": json.dumps(result.to_dict(), sort_keys=True, default=str),
         "backend": backend,
+        **{k: (quantize or {}).get(k) for k in ("quantize_seconds", "quantize_peak_rss_bytes",
+                                                 "quantize_peak_device_bytes")},
     }
 
 
@@ -164,6 +169,7 @@ DISPLAY = [
     ("variant", "variant"), ("method", "method"), ("bits", "bits"), ("group_size", "group"),
     ("size_mb", "size MB"), ("ppl", "ppl"), ("delta_ppl_pct", "Δppl %"), ("ttft_ms_median", "TTFT ms"),
     ("ttft_ms_p90", "TTFT p90"), ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB"),
+    ("quantize_seconds", "quantize s"), ("quantize_rss_mb", "quantize RSS MB"),
 ]
 
 
@@ -202,6 +208,8 @@ def _fmt(key: str, r: dict) -> str:
         return f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") is not None else "-"
     if key == "peak_rss_mb":
         return f"{r['peak_rss_bytes'] / 1e6:.0f}" if r.get("peak_rss_bytes") else "-"
+    if key == "quantize_rss_mb":
+        return f"{r['quantize_peak_rss_bytes'] / 1e6:.0f}" if r.get("quantize_peak_rss_bytes") else "-"
     v = r.get(key)
     if v is None:
         return "-"

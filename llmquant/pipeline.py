@@ -25,6 +25,7 @@ from .progress import NULL_PROGRESS, Progress
 from .peers.run import loads_own_model, quantizer_for
 from .quantize import METHODS
 from .quantize.base import CalibrationSet, QuantizeContext
+from .quantize.measure import measure_step
 from .recipe import Recipe
 from .runs import RunDir, atomic_dir, atomic_write_json, atomic_write_text, content_hash, read_json
 from .winner import Candidate, Decision, delta_pct, pick_winner
@@ -42,6 +43,7 @@ class VariantOutcome:
     quantized_now: bool
     evaluated_now: bool
     summary: dict = field(default_factory=dict)
+    step: dict = field(default_factory=dict)  # quantize_seconds, quantize_peak_rss_bytes, ... (manifest)
 
 
 @dataclass
@@ -159,9 +161,63 @@ def build_calibration(recipe: Recipe, rd: RunDir, tokenizer, model_hash: str, pr
         corpus = load_corpus(spec.dataset, recipe.base_dir, "calibration.dataset")
         ids = cached_tokens(rd.cache, {"model": model_hash, "corpus": corpus.sha256}, tokenizer, corpus.text)
         crops = calibration_crops(ids, spec.n_samples, spec.seqlen, spec.seed, corpus.label)
-    key = content_hash({"model": model_hash, "corpus": corpus.sha256, "n": spec.n_samples,
-                        "seqlen": spec.seqlen, "seed": spec.seed})
+    identity = {"model": model_hash, "corpus": corpus.sha256, "n": spec.n_samples, "seqlen": spec.seqlen,
+                "seed": spec.seed}
+    if spec.activation_dtype != "float32":  # changes the results (float32, the default, keeps old keys)
+        identity["activation_dtype"] = spec.activation_dtype
+    key = content_hash(identity)
     return CalibrationSet(crops, key)
+
+
+def load_for_quantizing(variant, base_dir: Path, device: str, trust_remote_code: bool):
+    """(model, blocks) for a variant's quantizer: None for methods that load the model themselves;
+    a skeleton whose blocks are read from the safetensors files one at a time when there are
+    such files (quantize/lazy.py); else the whole model in float32 on `device`."""
+    if loads_own_model(variant):
+        return None, None
+    if any(Path(base_dir).glob("*.safetensors")):
+        from .quantize.lazy import lazy_model, missing_tensors
+
+        try:
+            model, blocks = lazy_model(base_dir, trust_remote_code)
+        except UserError:
+            raise
+        except Exception as e:
+            err = load_error(base_dir, e)
+            if err is None:
+                raise
+            raise err from None
+        missing = missing_tensors(model, blocks)
+        if not missing:
+            return model, blocks
+        log.warning("%s: tensor names differ from the model's (e.g. %s is not in the files): loading the whole "
+                    "model to quantize it (memory grows with its size)", base_dir, missing[0])
+    return load_hf_model(base_dir, "float32", device, trust_remote_code), None
+
+
+def activation_settings(recipe: Recipe) -> dict:
+    """QuantizeContext's activation budget and dtype from the recipe's calibration section."""
+    import torch
+
+    spec = recipe.calibration
+    if spec is None:
+        return {}
+    return {"activation_budget_bytes": spec.activation_budget_mb << 20,
+            "activation_dtype": None if spec.activation_dtype == "float32" else getattr(torch, spec.activation_dtype)}
+
+
+STEP_KEYS = ("quantize_seconds", "quantize_peak_rss_bytes", "quantize_peak_rss_scope", "quantize_peak_device_bytes")
+
+
+def quantize_step(manifest: dict) -> dict:
+    """The quantize step's measurements recorded in a variant's manifest (absent: an older run)."""
+    return {k: manifest[k] for k in STEP_KEYS if k in manifest}
+
+
+def peer_peak(summary: dict) -> dict:
+    """A peer tool quantizes in its own worker process: its peak is the step's."""
+    peak = (summary.get("peer") or {}).get("peak_rss_bytes")
+    return {"quantize_peak_rss_bytes": peak, "quantize_peak_rss_scope": "peer worker"} if peak else {}
 
 
 def run(recipe: Recipe, progress: Progress = NULL_PROGRESS, fresh: bool = False,
@@ -249,17 +305,19 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
             work_dir = rd.variant(v.name) / "work"  # per-block state of an interrupted run
             if fresh:
                 shutil.rmtree(work_dir, ignore_errors=True)
-            with progress.task(f"quantize {v.name} ({v.method})", total=None):
-                model = None if loads_own_model(v) else \
-                    load_hf_model(base_dir, "float32", device, recipe.model.trust_remote_code)
+            with progress.task(f"quantize {v.name} ({v.method})", total=None), measure_step(device) as measured:
+                model, blocks = load_for_quantizing(v, base_dir, device, recipe.model.trust_remote_code)
                 ctx = QuantizeContext(device=device, progress=progress, tokenizer=tokenizer,
-                                      work_dir=work_dir, model_dir=base_dir)
+                                      work_dir=work_dir, model_dir=base_dir, blocks=blocks,
+                                      max_shard_bytes=int(recipe.output.shard_size_mb * (1 << 20)),
+                                      **activation_settings(recipe))
                 with resource_errors(f"variants[{recipe.variants.index(v)}] ({v.name})", ckpt):
                     with atomic_dir(ckpt) as tmp:
                         summary = quantizer.quantize(model, v, calib, tmp, ctx)
-                del model
+                del model, blocks
                 gc.collect()
-            manifest = {"key": key, "method": v.method, "summary": summary, "llmquant": __version__}
+            measured.update(peer_peak(summary))
+            manifest = {"key": key, "method": v.method, "summary": summary, "llmquant": __version__, **measured}
             atomic_write_json(manifest_path, manifest)
             if not METHODS[v.method].keeps_work:
                 shutil.rmtree(work_dir, ignore_errors=True)  # the checkpoint is final: resume state not needed
@@ -275,7 +333,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         progress.message(f"{v.name}: perplexity {result.ppl:.3f} ({delta_pct(result.ppl, baseline.ppl):+.2f} %)")
         report_check(v.name, result, progress)
         outcomes.append(VariantOutcome(v.name, v.method, ckpt, key, result, quantized_now, evaluated_now,
-                                       manifest.get("summary", {})))
+                                       manifest.get("summary", {}), quantize_step(manifest)))
 
     # -- leaderboard and winner --------------------------------------------------------------
     common = dict(run=recipe.run_name, run_dir=str(rd.root.resolve()), model=src.label, model_hash=model_hash,
@@ -286,7 +344,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
         rows.append(result_row(**common, variant=o.name, method=o.method, bits=getattr(v, "bits", None),
                                group_size=getattr(v, "group_size", None), fmt=o.summary.get("format", "?"),
                                is_baseline=False, result=o.result, artifact=str(o.checkpoint), artifact_hash=o.key,
-                               backend=o.summary.get("backend")))
+                               backend=o.summary.get("backend"), quantize=o.step))
     board.record(rows)
     decision = pick_winner(candidate("baseline", baseline), [candidate(o.name, o.result) for o in outcomes],
                            recipe.select)
@@ -311,7 +369,8 @@ def write_reports(summary: RunSummary, rows: list[dict], recipe: Recipe) -> None
         "model": summary.model,
         "baseline": summary.baseline.to_dict(),
         "variants": [{"name": o.name, "method": o.method, "checkpoint": str(o.checkpoint), "key": o.key,
-                      "result": o.result.to_dict(), "quantize": o.summary} for o in summary.variants],
+                      "result": o.result.to_dict(), "quantize": o.summary, "quantize_step": o.step}
+                     for o in summary.variants],
         "winner": {"name": summary.decision.winner, "reason": summary.decision.reason,
                    "warnings": list(summary.decision.warnings)},
         "select": recipe.select.model_dump(),

@@ -88,6 +88,12 @@ class CalibrationSpec(Strict):
     n_samples: int = Field(128, ge=1, le=100_000)
     seqlen: int = Field(2048, ge=8, le=1_000_000)
     seed: int = 0
+    activation_budget_mb: int = Field(
+        4096, ge=1, description="memory for the calibration activations passed between blocks; past it they spill "
+                                "to the variant's work dir (exact), and GPTQ keeps fewer batches parked (same numbers)")
+    activation_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype the activations between blocks are kept in: float32 is exact; bfloat16 "
+                               "halves their memory and rounds the hidden states (results change slightly)")
 
 
 class LatencySpec(Strict):
@@ -352,6 +358,8 @@ class SelectSpec(Strict):
 class OutputSpec(Strict):
     dir: str | None = Field(None, description="run directory; default ./runs/<recipe name>")
     board: str | None = Field(None, description="leaderboard SQLite file; default the user data dir")
+    shard_size_mb: float = Field(4096, gt=0, le=1 << 20, description="largest safetensors shard of a quantized "
+                               "checkpoint (written block by block as the model is quantized)")
 
 
 class LocalServeSpec(Strict):

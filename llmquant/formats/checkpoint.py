@@ -16,8 +16,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from ..runs import atomic_write_json
-
-MAX_SHARD_BYTES = 4 << 30
+from .stream import MAX_SHARD_BYTES
 
 
 def save_dtype(model: nn.Module, choice: str) -> torch.dtype:
@@ -101,6 +100,12 @@ def write_checkpoint(out_dir: Path, model: nn.Module, packed: dict[str, dict[str
     """Write everything a loader needs into `out_dir` (the caller makes it atomic)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     write_safetensors(out_dir, build_state_dict(model, packed, dtype))
+    write_metadata(out_dir, model, quant_config, tokenizer, dtype, extra_json)
+
+
+def write_metadata(out_dir: Path, model: nn.Module, quant_config: dict | None, tokenizer: Any, dtype: torch.dtype,
+                   extra_json: dict[str, Any] | None = None) -> None:
+    """Everything but the tensors: config.json, the generation config, the tokenizer, extra JSON files."""
     write_config(out_dir, model, dtype, quant_config)
     gen = getattr(model, "generation_config", None)
     if gen is not None:

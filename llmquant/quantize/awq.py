@@ -43,6 +43,8 @@ from .awq_math import (
 )
 from .awq_search import CallRecorder, module_loss, reusing_freed_memory, working_bytes_per_token
 from .base import CalibrationSet, QuantizeContext
+from .checkpoint_stream import CheckpointStream
+from .lazy import EagerBlocks
 from .grid import group_index
 from .sequential import BlockResult, BlockRun, InputGroup, SequentialOptions, default_batch_size, run_sequential
 from .targets import LayerSettings, find_blocks, target_linears
@@ -268,11 +270,32 @@ class AWQHandler:
         return state, rows
 
 
+def group_size_of(layer: IntWeight, variant: AWQVariant) -> tuple[int, bool]:
+    """(the group size `layer` uses, whether it is the one quantization_config states)."""
+    used = layer.in_features // layer.n_groups
+    return used, used == (layer.in_features if variant.group_size == -1 else variant.group_size)
+
+
+def awq_config(variant: AWQVariant, layers: dict[str, tuple[int, bool]], skipped: list[str]) -> dict:
+    """quantization_config of an AWQ GEMM checkpoint; `layers`: name -> group_size_of(...),
+    `skipped`: the decoder blocks' Linears left dense (modules_to_not_convert: vLLM and
+    transformers keep them dense)."""
+    if not all(ok for _, ok in layers.values()):
+        group_sizes = {used for used, _ in layers.values()}
+        log.warning("awq %s: modules use group sizes %s: vLLM reads one group_size (%d) from quantization_config, "
+                    "so this checkpoint loads in llmquant but not in vLLM", variant.name, sorted(group_sizes),
+                    variant.group_size)
+    return awq_gemm.quantization_config(variant.bits, variant.group_size, variant.zero_point, skipped or None)
+
+
+def block_linears(block: nn.Module, name: str) -> list[str]:
+    return [f"{name}.{sub}" for sub, m in block.named_modules() if isinstance(m, nn.Linear)]
+
+
 def save_awq_model(model: nn.Module, layers: dict[str, IntWeight], variant: AWQVariant, tokenizer,
                    out_dir: Path) -> dict:
-    """Pack `layers` as AWQ GEMM and write the whole model (folded norms included). Returns the
-    quant config. Linears of the decoder blocks left unquantized are listed in
-    modules_to_not_convert (vLLM and transformers keep them dense)."""
+    """Pack `layers` as AWQ GEMM and write the whole model from memory (folded norms included).
+    Returns the quant config. (AWQQuantizer streams its checkpoint instead; this is its reference.)"""
     packed = {}
     for name, layer in layers.items():
         tensors = awq_gemm.pack_layer(layer)
@@ -281,15 +304,8 @@ def save_awq_model(model: nn.Module, layers: dict[str, IntWeight], variant: AWQV
             tensors["bias"] = bias.detach()
         packed[name] = tensors
     prefix, blocks = find_blocks(model)
-    skipped = [f"{prefix}.{i}.{sub}" for i, block in enumerate(blocks) for sub, m in block.named_modules()
-               if isinstance(m, nn.Linear) and f"{prefix}.{i}.{sub}" not in layers]
-    sizes = {layer.in_features // layer.n_groups for layer in layers.values()}
-    expected = {layer.in_features if variant.group_size == -1 else variant.group_size for layer in layers.values()}
-    if sizes != expected:
-        log.warning("awq %s: modules use group sizes %s: vLLM reads one group_size (%d) from quantization_config, "
-                    "so this checkpoint loads in llmquant but not in vLLM", variant.name, sorted(sizes),
-                    variant.group_size)
-    qc = awq_gemm.quantization_config(variant.bits, variant.group_size, variant.zero_point, skipped or None)
+    skipped = [n for i, block in enumerate(blocks) for n in block_linears(block, f"{prefix}.{i}") if n not in layers]
+    qc = awq_config(variant, {n: group_size_of(layer, variant) for n, layer in layers.items()}, skipped)
     write_checkpoint(out_dir, model, packed, qc, tokenizer, save_dtype(model, variant.save_dtype))
     return qc
 
@@ -306,7 +322,9 @@ class AWQQuantizer:
         problem = check_model(variant, model_type, model)
         if problem:
             raise UserError(f"variants: {variant.name}: {problem}")
-        model.to("cpu")  # one block at a time goes to ctx.device
+        residency = ctx.blocks or EagerBlocks()
+        if not residency.lazy:
+            model.to("cpu")  # one block at a time goes to ctx.device
         targets = target_linears(model, variant)
         settings = {n: s for n, (_, s) in targets.items()}
         dtype = resolve_calib_dtype(variant.calib_dtype, ctx.device)
@@ -316,13 +334,35 @@ class AWQQuantizer:
                             "batch_size": bs, "device": str(ctx.device), "dtype": str(dtype)})
         handler = AWQHandler(model, variant, settings, awq_arch.family_for(model_type), key, dtype)
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=False, work_dir=ctx.work_dir,
-                                 label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype)
-        result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress)
-        layers = {n: handler.layers[n] for n in targets if n in handler.layers}
-        qc = save_awq_model(model, layers, variant, ctx.tokenizer, out_dir)
+                                 label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype,
+                                 activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype)
+        stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
+        with stream:  # a failure removes what was written
+            groups: dict[str, tuple[int, bool]] = {}
+            skipped: list[str] = []
+
+            def block_done(i: int, name: str, block: nn.Module) -> None:
+                """The block's quantized Linears leave the handler, packed, for the checkpoint."""
+                packed = {}
+                for n in block_linears(block, name):
+                    layer = handler.layers.pop(n, None)
+                    if layer is None:
+                        skipped.append(n)
+                        continue
+                    packed[n] = awq_gemm.pack_layer(layer)
+                    if targets[n][0].bias is not None:
+                        packed[n]["bias"] = targets[n][0].bias.detach()
+                    groups[n] = group_size_of(layer, variant)
+                stream.add_module(name, block, packed)
+
+            result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency, block_done)
+            stream.add_outer(model, residency)
+            qc = awq_config(variant, groups, skipped)
+            stream.finish(model, qc, ctx.tokenizer)
         if result.resumed:
             log.info("awq %s: blocks %s re-applied from the saved search in %s (no search); %d blocks searched now",
                      variant.name, result.resumed, ctx.work_dir, len(result.solved))
         return {"format": awq_gemm.FORMAT, "config": qc, "layers": result.report, "calib_dtype": str(dtype),
                 "resumed_blocks": result.resumed, "solved_blocks": result.solved,
-                "searched_mappings": handler.searched}
+                "searched_mappings": handler.searched,
+                "block_seconds": [round(t, 3) for _, t in result.block_seconds]}

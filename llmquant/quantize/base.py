@@ -26,6 +26,10 @@ class QuantizeContext:
     work_dir: Path | None = None  # per-variant scratch space (per-block state for resume)
     tokenizer: Any = None
     model_dir: Path | None = None  # the base model as an HF directory (for methods that load it themselves)
+    blocks: Any = None  # a lazy.Blocks: how block weights become present (None: the model is in memory)
+    max_shard_bytes: int = 4 << 30  # largest safetensors shard of the written checkpoint
+    activation_budget_bytes: int | None = None  # calibration activations kept in memory (None: no bound)
+    activation_dtype: torch.dtype | None = None  # dtype they are kept in (None: as computed, exact)
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,15 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..formats import gptq_v1
+from ..formats.checkpoint import save_dtype
 from ..formats.intweight import IntWeight
 from ..recipe import GPTQVariant
 from ..runs import content_hash
 from .base import CalibrationSet, QuantizeContext
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
-from .save import save_gptq_model
+from .checkpoint_stream import CheckpointStream
+from .lazy import Blocks, EagerBlocks
+from .save import gptq_config, pack_gptq
 from .sequential import (
     BlockResult,
     BlockRun,
@@ -26,7 +29,7 @@ from .sequential import (
     default_batch_size,
     run_sequential,
 )
-from .targets import LayerSettings, target_linears
+from .targets import LayerSettings, find_blocks, target_linears
 
 log = logging.getLogger("llmquant")
 
@@ -143,6 +146,10 @@ def _final_norm(model: nn.Module) -> nn.Module | None:
     return getattr(decoder, "norm", None) or getattr(decoder, "final_layer_norm", None)
 
 
+def module_name(model: nn.Module, module: nn.Module) -> str:
+    return next(n for n, m in model.named_modules() if m is module)
+
+
 class GPTQQuantizer:
     method = "gptq"
     version = "1"
@@ -154,7 +161,9 @@ class GPTQQuantizer:
                  out_dir: Path, ctx: QuantizeContext) -> dict:
         if calib is None:
             raise UserError(f"variants: {variant.name}: method 'gptq' needs a 'calibration' section")
-        model.to("cpu")  # one block at a time goes to ctx.device
+        residency = ctx.blocks or EagerBlocks()
+        if not residency.lazy:
+            model.to("cpu")  # one block at a time goes to ctx.device
         targets = target_linears(model, variant)
         settings = {n: s for n, (_, s) in targets.items()}
         bs = default_batch_size(calib.input_ids.shape[1])
@@ -165,24 +174,43 @@ class GPTQQuantizer:
         head = "lm_head" in settings
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=variant.true_sequential,
                                  work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",
-                                 max_parked=self.max_parked)
-        result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress)
-        report = list(result.report)
-        if head:
-            report.append(self._quantize_head(model, handler, result.hidden, variant, ctx))
-        layers = {n: handler.layers[n] for n in targets if n in handler.layers}
-        qc = save_gptq_model(model, layers, variant, ctx.tokenizer, out_dir, extra_config={
-            "desc_act": variant.desc_act, "static_groups": variant.static_groups,
-            "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
-            "act_group_aware": variant.act_group_aware and not variant.desc_act})
+                                 max_parked=self.max_parked, activation_budget=ctx.activation_budget_bytes,
+                                 activation_dtype=ctx.activation_dtype)
+        stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
+        with stream:  # a failure removes what was written
+            written: set[str] = set()
+
+            def block_done(i: int, name: str, block: nn.Module) -> None:
+                """The block's packed Linears leave the handler for the checkpoint."""
+                packed = {}  # in model order, solved or restored alike: the same shard boundaries
+                for n in [n for n in targets if n.startswith(name + ".") and n in handler.layers]:
+                    packed[n] = pack_gptq(handler.layers.pop(n), targets[n][0])
+                    written.add(n)
+                stream.add_module(name, block, packed)
+
+            result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency, block_done)
+            report = list(result.report)
+            head_packed = {}
+            if head:
+                report.append(self._quantize_head(model, handler, result.hidden, variant, ctx, residency))
+                head_packed = {"lm_head": pack_gptq(handler.layers.pop("lm_head"), targets["lm_head"][0])}
+                written.add("lm_head")
+            stream.add_outer(model, residency, head_packed)
+            prefix, _ = find_blocks(model)
+            qc, quantize_config = gptq_config([n for n in targets if n in written], prefix, variant, extra_config={
+                "desc_act": variant.desc_act, "static_groups": variant.static_groups,
+                "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
+                "act_group_aware": variant.act_group_aware and not variant.desc_act})
+            stream.finish(model, qc, ctx.tokenizer, {"quantize_config.json": quantize_config})
         if result.resumed:
             log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))
         return {"format": gptq_v1.FORMAT, "config": qc, "layers": report,
-                "resumed_blocks": result.resumed, "solved_blocks": result.solved}
+                "resumed_blocks": result.resumed, "solved_blocks": result.solved,
+                "block_seconds": [round(t, 3) for _, t in result.block_seconds]}
 
     def _quantize_head(self, model: nn.Module, handler: GPTQHandler, hidden: list[Tensor] | None,
-                       variant: GPTQVariant, ctx: QuantizeContext) -> dict:
+                       variant: GPTQVariant, ctx: QuantizeContext, residency: Blocks) -> dict:
         """lm_head calibrates on the final norm's outputs of the quantized model."""
         head = model.get_output_embeddings()
         norm = _final_norm(model)
@@ -192,16 +220,16 @@ class GPTQQuantizer:
         group = InputGroup(("lm_head",), (head,))
         handler.write_back = False  # nothing runs after it, and a tied head shares the embeddings
         handler.begin_block(BlockRun(-1, "lm_head", head, [group], [], [], torch.device(ctx.device)))
-        home = head.weight.device
-        norm.to(ctx.device)
-        head.to(ctx.device)
+        names = [module_name(model, norm), module_name(model, head)]
+        residency.load(names[0], norm, ctx.device)
+        residency.load(names[1], head, ctx.device)
         try:
             with torch.no_grad():
                 for h in hidden:
                     handler.observe(group, norm(h))
             handler.solve(group)
         finally:
-            norm.to(home)
-            head.to(home)
+            residency.unload(names[0], norm)
+            residency.unload(names[1], head)
         rows = handler.finish_block(handler._run).report
         return rows[0]

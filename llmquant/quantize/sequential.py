@@ -45,13 +45,11 @@ the result is bit-identical to an uninterrupted run. `SequentialResult.resumed` 
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save
@@ -59,71 +57,22 @@ from torch import Tensor, nn
 
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import atomic_write_bytes, atomic_write_json, file_sha256, read_json
+from .activations import Activations, parked_within
+from .batches import _Runner
+from .capture import capture_inputs
+from .blockrun import BlockHandler, BlockResult, BlockRun, InputGroup, _input_of
+from .lazy import Blocks, EagerBlocks
 from .targets import find_blocks
+
+__all__ = ["BlockHandler", "BlockResult", "BlockRun", "InputGroup", "SequentialOptions", "SequentialResult",
+           "capture_inputs", "default_batch_size", "probe_groups", "return_freed_memory", "run_sequential"]
 
 log = logging.getLogger("llmquant")
 
 TOKENS_PER_BATCH = 4096
 MANIFEST = "manifest.json"
 
-
-@dataclass(frozen=True)
-class InputGroup:
-    """Target modules of a block that receive the same input tensor, in first-call order."""
-
-    names: tuple[str, ...]
-    modules: tuple[nn.Module, ...]
-    called: bool = True  # False: the probe forward never called them (no statistics will come)
-
-
-@dataclass
-class BlockRun:
-    index: int
-    name: str
-    block: nn.Module
-    groups: list[InputGroup]
-    inputs: list[Tensor]  # the block's input hidden states per batch (on `device`); the final
-    #                       pass replaces each batch's entry with its output once it is done
-    kwargs: list[dict]  # the block's other arguments, per batch
-    device: torch.device
-    note: Callable[[str], None] = lambda text: None
-    autocast: torch.dtype | None = None  # block forwards run under torch.autocast in this dtype
-
-    def compute(self):
-        """The context every block forward runs in (autocast is per thread: enter it in the thread)."""
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast)
-
-    def forward(self, b: int, block: nn.Module | None = None) -> Tensor:
-        """The block's output for batch `b` (no hooks of this loop involved)."""
-        with torch.no_grad(), self.compute():
-            return _first((block or self.block)(self.inputs[b], *self.kwargs[b]["args"], **self.kwargs[b]["kwargs"]))
-
-
-@dataclass
-class BlockResult:
-    """What a solved block leaves: `state` (tensors, or a function making them, called only when
-    a work_dir is set) to restore the block later, and its report rows."""
-
-    state: dict[str, Tensor] | Callable[[], dict[str, Tensor]]
-    report: list[dict] = field(default_factory=list)
-
-
-class BlockHandler(Protocol):
-    state_key: str
-
-    def targets(self, index: int, name: str, block: nn.Module) -> dict[str, nn.Module]: ...
-
-    def begin_block(self, run: BlockRun) -> None: ...
-
-    def observe(self, group: InputGroup, x: Tensor) -> None: ...
-
-    def solve(self, group: InputGroup) -> None: ...
-
-    def finish_block(self, run: BlockRun) -> BlockResult: ...
-
-    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None: ...
+BlockDone = Callable[[int, str, nn.Module], None]
 
 
 @dataclass(frozen=True)
@@ -138,6 +87,10 @@ class SequentialOptions:
     label: str = "sequential"
     autocast: torch.dtype | None = None  # run block forwards under torch.autocast (e.g. bfloat16
     #                                      matmuls on a CPU with AMX); None: the model's own dtype
+    activation_budget: int | None = None  # bytes of block inputs kept in memory (the rest spill to
+    #                                       work_dir/activations) and, staged with max_parked None, of
+    #                                       parked batches (estimated; fewer parked: same numbers)
+    activation_dtype: torch.dtype | None = None  # dtype the block inputs are kept in (None: as computed)
 
 
 @dataclass
@@ -146,58 +99,7 @@ class SequentialResult:
     resumed: list[int]
     report: list[dict]
     hidden: list[Tensor] | None = None  # last block's outputs per batch, when keep_final
-
-
-# -- small helpers ----------------------------------------------------------------------------
-
-
-class _StopForward(Exception):
-    pass
-
-
-class _Abort(BaseException):
-    """Unwinds a parked batch thread when the block is abandoned."""
-
-
-class _Stopped(BaseException):
-    """Ends a batch's forward right after it was observed (it is re-run later instead of parked)."""
-
-
-def _first(out: Any) -> Tensor:
-    return out[0] if isinstance(out, (tuple, list)) else out
-
-
-def _to(obj: Any, device: torch.device) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.to(device)
-    if isinstance(obj, tuple):
-        return tuple(_to(o, device) for o in obj)
-    if isinstance(obj, list):
-        return [_to(o, device) for o in obj]
-    if isinstance(obj, dict):
-        return {k: _to(v, device) for k, v in obj.items()}
-    return obj
-
-
-def _share(prev: Any, cur: Any) -> Any:
-    """`cur` with tensors equal to those at the same place in `prev` replaced by prev's (memory)."""
-    if isinstance(cur, Tensor) and isinstance(prev, Tensor):
-        same = prev.shape == cur.shape and prev.dtype == cur.dtype and prev.device == cur.device and torch.equal(prev, cur)
-        return prev if same else cur
-    if isinstance(cur, (tuple, list)) and isinstance(prev, type(cur)) and len(prev) == len(cur):
-        return type(cur)(_share(p, c) for p, c in zip(prev, cur))
-    if isinstance(cur, dict) and isinstance(prev, dict):
-        return {k: _share(prev.get(k), v) for k, v in cur.items()}
-    return cur
-
-
-def _input_of(args: tuple, kwargs: dict) -> Tensor:
-    if args:
-        return args[0]
-    for key in ("input", "hidden_states", "x"):
-        if key in kwargs:
-            return kwargs[key]
-    raise RuntimeError("cannot find the input tensor of a hooked module")
+    block_seconds: list[tuple[int, float]] = field(default_factory=list)  # (block, wall seconds) forwarded here
 
 
 def return_freed_memory() -> None:
@@ -224,211 +126,6 @@ def return_freed_memory() -> None:
 
 def default_batch_size(seqlen: int) -> int:
     return max(1, TOKENS_PER_BATCH // max(1, seqlen))
-
-
-# -- capturing the first block's inputs ------------------------------------------------------
-
-
-def capture_inputs(model: nn.Module, first_block: nn.Module, input_ids: Tensor, batch_size: int,
-                   device: torch.device) -> tuple[list[Tensor], list[dict]]:
-    """Run the model up to its first block on each batch; return that block's inputs.
-
-    A pre-hook records the block's arguments and stops the forward, so nothing past the
-    embeddings (and the mask / rotary set-up) is computed.
-    """
-    captured: list[tuple[tuple, dict]] = []
-
-    def hook(module, args, kwargs):
-        captured.append((args, kwargs))
-        raise _StopForward
-
-    embed_device = model.get_input_embeddings().weight.device
-    handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
-    inputs, kwargs_list = [], []
-    try:
-        with torch.no_grad():
-            for start in range(0, input_ids.shape[0], batch_size):
-                batch = input_ids[start:start + batch_size].to(embed_device)
-                try:
-                    model(input_ids=batch, use_cache=False)
-                except _StopForward:
-                    pass
-                if not captured:
-                    raise RuntimeError("the model's forward never reached its first decoder block")
-                args, kw = captured.pop()
-                kw = dict(kw)
-                hidden = args[0] if args else kw.pop("hidden_states")
-                rest = {"args": _to(tuple(args[1:]), device), "kwargs": _to(kw, device)}
-                if kwargs_list:
-                    rest = _share(kwargs_list[-1], rest)
-                inputs.append(hidden.to(device))
-                kwargs_list.append(rest)
-    finally:
-        handle.remove()
-    return inputs, kwargs_list
-
-
-# -- running batches through a block, each in its own thread ---------------------------------
-
-
-class _BatchThread:
-    """One batch's forward through the block, run as a coroutine: the main thread lets it run
-    until it parks (at a group's first module) or finishes; only one of them runs at a time."""
-
-    def __init__(self, fn: Callable[[], Any], num_threads: int):
-        self.fn, self.num_threads = fn, num_threads
-        self.resume, self.parked = threading.Event(), threading.Event()
-        self.result: Any = None
-        self.error: BaseException | None = None
-        self.done = self.aborted = self.stopped = False
-        self.at: int | None = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-        self.thread.start()
-
-    def _main(self) -> None:
-        self.resume.wait()
-        self.resume.clear()
-        try:
-            if not self.aborted:
-                torch.set_num_threads(self.num_threads)
-                with torch.no_grad():
-                    self.result = self.fn()
-        except _Abort:
-            pass
-        except _Stopped:
-            self.stopped = True
-        except BaseException as e:  # handed to the main thread, which re-raises it
-            self.error = e
-        finally:
-            self.done = True
-            self.parked.set()
-
-    def park(self, at: int) -> None:
-        """Called from inside the forward (a hook): hand control back and wait."""
-        self.at = at
-        self.parked.set()
-        self.resume.wait()
-        self.resume.clear()
-        if self.aborted:
-            raise _Abort
-
-    def step(self) -> None:
-        """Main thread: let this batch run until it parks or ends; re-raise its error."""
-        self.parked.clear()
-        self.resume.set()
-        self.parked.wait()
-        if self.error is not None:
-            err, self.error = self.error, None
-            raise err
-
-    def abort(self) -> None:
-        if not self.done:
-            self.aborted = True
-            self.resume.set()
-        self.thread.join()
-
-
-class _Runner:
-    """Runs all batches of one block, with hooks that observe (and, staged, park and solve)."""
-
-    def __init__(self, run: BlockRun, handler: BlockHandler | None):
-        self.run, self.handler = run, handler
-        self.current: _BatchThread | None = None
-        self.num_threads = torch.get_num_threads()
-
-    def _call(self, b: int) -> Callable[[], Tensor]:
-        run = self.run
-
-        def call() -> Tensor:
-            with run.compute():
-                return _first(run.block(run.inputs[b], *run.kwargs[b]["args"], **run.kwargs[b]["kwargs"]))
-        return call
-
-    def _hooks(self, groups: list[InputGroup], park: bool) -> list:
-        handles = []
-        for gi, group in enumerate(groups):
-            def hook(module, args, kwargs, gi=gi, group=group):
-                self.handler.observe(group, _input_of(args, kwargs))
-                if park:
-                    self.current.park(gi)
-            handles.append(group.modules[0].register_forward_pre_hook(hook, with_kwargs=True))
-        return handles
-
-    def forward(self, observe: bool = False) -> None:
-        """Each batch through the block in turn. Observing (every called group), the inputs are
-        kept; otherwise each batch's input is replaced by its output as soon as it is done."""
-        groups = [g for g in self.run.groups if g.called] if observe else []
-        handles = self._hooks(groups, park=False)
-        try:
-            for b in range(len(self.run.inputs)):
-                t = self.current = _BatchThread(self._call(b), self.num_threads)
-                try:
-                    t.step()
-                finally:
-                    t.abort()
-                if not observe:
-                    self.run.inputs[b] = t.result
-        finally:
-            for h in handles:
-                h.remove()
-
-    def staged(self, max_parked: int | None = None) -> None:
-        """All batches through the block, solving each group when every batch has reached it;
-        each batch's input is replaced by its output when it is done.
-
-        The first `max_parked` batches (all by default) wait at each group with their
-        activations alive: one forward per block. The others stop once observed and are run
-        again from the block's input for the next group (and for the output), through the
-        groups solved so far: the same numbers, less memory, more compute (0 parked: the
-        reference scripts' re-run per group, with early stops)."""
-        groups = [g for g in self.run.groups if g.called]
-        n = len(self.run.inputs)
-        limit = n if max_parked is None else max(0, min(n, max_parked))
-        self.solved, self.target, self.park_this = -1, 0, True
-        handles = []
-        for gi, group in enumerate(groups):
-            def hook(module, args, kwargs, gi=gi, group=group):
-                if gi <= self.solved:  # a batch run again passes groups solved before
-                    return
-                if gi != self.target:
-                    raise RuntimeError(f"{self.run.name}: {group.names[0]} was called out of the order batch 0 showed")
-                self.handler.observe(group, _input_of(args, kwargs))
-                if not self.park_this:
-                    raise _Stopped
-                self.current.park(gi)
-            handles.append(group.modules[0].register_forward_pre_hook(hook, with_kwargs=True))
-        threads: list[_BatchThread | None] = [None] * n
-        try:
-            for gi, group in enumerate(groups):
-                self.target = gi
-                for b in range(n):
-                    t = threads[b] or _BatchThread(self._call(b), self.num_threads)
-                    threads[b] = self.current = t
-                    self.park_this = b < limit
-                    t.step()
-                    if t.stopped:
-                        threads[b] = None
-                    elif t.done or t.at != gi:
-                        raise RuntimeError(
-                            f"{self.run.name}: batch {b} did not reach {group.names[0]} where batch 0 did "
-                            "(data-dependent control flow is not supported by the staged loop; "
-                            "turn true_sequential off)")
-                self.handler.solve(group)
-                self.solved = gi
-            self.target = len(groups)
-            for b in range(n):
-                t = threads[b] or _BatchThread(self._call(b), self.num_threads)
-                threads[b] = self.current = t
-                t.step()
-                if not t.done or t.stopped:
-                    raise RuntimeError(f"{self.run.name}: batch {b} called a group's module twice")
-                self.run.inputs[b] = t.result
-        finally:
-            for t in threads:
-                if t is not None:
-                    t.abort()
-            for h in handles:
-                h.remove()
 
 
 # -- discovering the input groups of a block -------------------------------------------------
@@ -534,7 +231,14 @@ class _StateStore:
 
 
 def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
-                   options: SequentialOptions = SequentialOptions(), progress: Progress = NULL_PROGRESS) -> SequentialResult:
+                   options: SequentialOptions = SequentialOptions(), progress: Progress = NULL_PROGRESS,
+                   residency: Blocks | None = None, on_done: BlockDone | None = None) -> SequentialResult:
+    """The loop (see the module docstring). `residency` makes each block's weights present on the
+    device for its turn and lets go of them after (default: the model is in memory, blocks move
+    to the device and back; `lazy.LazyBlocks` reads them from the checkpoint files). `on_done(i,
+    name, block)` is called once per block, solved or restored, while its final weights are still
+    loaded (a streamed checkpoint writes it there)."""
+    residency = residency or EagerBlocks()
     prefix, blocks = find_blocks(model)
     return_freed_memory()
     device = torch.device(options.device)
@@ -544,6 +248,7 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
     # restored blocks need a forward only when a later block is solved (or the output is wanted)
     last_needed = len(blocks) if (options.keep_final or done < len(blocks)) else 0
     solved, resumed, report = [], [], []
+    seconds: list[tuple[int, float]] = []
     if done:
         log.info("%s: resuming: blocks 0-%d were solved by an earlier run and are restored, not solved again",
                  options.label, done - 1)
@@ -560,14 +265,22 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 report.extend(rows)
                 resumed.append(i)
             if i >= last_needed:  # restored blocks past the last one to solve: no forward needed
+                residency.load(name, block, None)
                 handler.restore_block(BlockRun(i, name, block, [], [], [], device, autocast=options.autocast), state)
+                if on_done is not None:
+                    on_done(i, name, block)
+                residency.unload(name, block)
                 advance(1, note=f"block {i}: restored")
                 continue
             if inputs is None:
-                inputs, kwargs = capture_inputs(model, block, input_ids, bs, device)
+                with residency.outer(model):
+                    first, kwargs = capture_inputs(model, block, input_ids, bs, device,
+                                                   None if device.type == "cpu" else torch.device("cpu"))
+                inputs = _activations(options, device)
+                while first:
+                    inputs.append(first.pop(0))
             t0 = time.perf_counter()
-            home = next(block.parameters()).device
-            block.to(device)
+            residency.load(name, block, device)
             run = BlockRun(i, name, block, [], inputs, kwargs, device,
                            note=lambda text: advance(0, note=text), autocast=options.autocast)
             if i < done:
@@ -583,8 +296,8 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 run.groups = _relabel(groups, old, name, targets)
                 handler.begin_block(run)
                 runner = _Runner(run, handler)
-                if options.staged:
-                    runner.staged(options.max_parked)  # solves groups as it goes; inputs become outputs
+                if options.staged:  # solves groups as it goes; inputs become outputs
+                    runner.staged(parked_limit(options, block, inputs[0], len(inputs)))
                 else:
                     runner.forward(observe=True)
                     for g in run.groups:
@@ -600,6 +313,27 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 report.extend(result.report)
                 solved.append(i)
                 note = f"block {i}: solved in {time.perf_counter() - t0:.1f} s"
-            block.to(home)  # `inputs` now holds this block's outputs: the next block's inputs
+            if on_done is not None:
+                on_done(i, name, block)
+            residency.unload(name, block)  # `inputs` now holds this block's outputs: the next block's inputs
+            seconds.append((i, time.perf_counter() - t0))
             advance(1, note=note)
-    return SequentialResult(solved, resumed, report, inputs if options.keep_final else None)
+    hidden = inputs.tensors() if (options.keep_final and inputs is not None) else None
+    if inputs is not None:
+        inputs.clear()
+    return SequentialResult(solved, resumed, report, hidden, seconds)
+
+
+def _activations(options: SequentialOptions, device: torch.device) -> Activations:
+    """Block inputs on the CPU (a GPU holds one block and one batch), spilling past the budget."""
+    spill = Path(options.work_dir) / "activations" if options.work_dir else None
+    return Activations(options.activation_budget, spill, options.activation_dtype,
+                       store_device=None if device.type == "cpu" else "cpu", compute_device=device)
+
+
+def parked_limit(options: SequentialOptions, block: nn.Module, x: Tensor, n_batches: int) -> int | None:
+    """options.max_parked, else as many batches as the activation budget holds (see
+    activations.parked_within), else all."""
+    if options.max_parked is not None or options.activation_budget is None:
+        return options.max_parked
+    return parked_within(options.activation_budget, block, x, n_batches)

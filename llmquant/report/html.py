@@ -75,6 +75,10 @@ def columns(group: Group) -> list[Column]:
         Column("decode", "decode tok/s", lambda r: _num(r.get("decode_tok_s"), ".1f"), lambda r: r.get("decode_tok_s")),
         Column("rss", "peak RSS MB", lambda r: _num(r["peak_rss_bytes"] / 1e6 if r.get("peak_rss_bytes") else None, ".0f"),
                lambda r: r.get("peak_rss_bytes")),
+        Column("qsec", "quantize s", lambda r: _num(r.get("quantize_seconds"), ".1f"), lambda r: r.get("quantize_seconds")),
+        Column("qrss", "quantize RSS MB",
+               lambda r: _num(r["quantize_peak_rss_bytes"] / 1e6 if r.get("quantize_peak_rss_bytes") else None, ".0f"),
+               lambda r: r.get("quantize_peak_rss_bytes")),
     ]
     return cols
 

@@ -122,12 +122,12 @@ def partials(tmp_path):
 
 
 def test_disk_full_while_saving(tmp_path, tiny_model_dir, monkeypatch):
-    import llmquant.formats.checkpoint as ckpt
+    from llmquant.formats.stream import StreamedShards
 
     def full(*a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(ckpt, "save_file", full)
+    monkeypatch.setattr(StreamedShards, "_close", full)  # the streamed writer's shard is full
     line = error_line(run_cli("run", recipe_for(tmp_path, tiny_model_dir)))
     assert "disk full while writing" in line and "nothing was kept" in line
     assert not (tmp_path / "run" / "variants" / "a" / "checkpoint").exists()

@@ -160,3 +160,54 @@ def test_sigkill_during_gptq_resumes_from_the_last_finished_block(tmp_path, four
     assert sha(resumed.variants[0].checkpoint / "model.safetensors") == \
         sha(clean.variants[0].checkpoint / "model.safetensors")
     assert resumed.variants[0].result.ppl == clean.variants[0].result.ppl
+
+
+KILL_WHILE_STREAMING = """
+import os, signal, sys
+from llmquant.quantize.checkpoint_stream import CheckpointStream
+
+real = CheckpointStream.add_module
+
+
+def add_module(self, name, module, packed):
+    if name.endswith(".2"):  # blocks 0 and 1 are in the output shards already
+        os.kill(os.getpid(), signal.SIGKILL)
+    real(self, name, module, packed)
+
+
+CheckpointStream.add_module = add_module
+from llmquant.cli import app
+app(["run", sys.argv[1]])
+"""
+
+
+def test_sigkill_during_the_streamed_checkpoint_write_resumes_bit_identical(tmp_path, four_block_model):
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    def recipe_with_shards(name):
+        p = gptq_recipe(tmp_path, four_block_model, name)
+        p.write_text(p.read_text().replace("output: {", "output: {shard_size_mb: 0.01, "))  # ~10 KB shards
+        return p
+
+    killed = recipe_with_shards("killed")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.run([sys.executable, "-c", KILL_WHILE_STREAMING, str(killed)], env=env,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=900)
+    assert proc.returncode == -signal.SIGKILL
+    variant_dir = tmp_path / "killed" / "variants" / "g4"
+    partial = [p for p in variant_dir.iterdir() if p.name.endswith(".partial")]
+    assert len(partial) == 1 and list(partial[0].glob(".shard-*.safetensors"))  # shards were on disk
+    assert not (variant_dir / "checkpoint").exists()
+
+    resumed = run(load_recipe(killed))
+    summary = resumed.variants[0].summary
+    assert summary["resumed_blocks"] == [0, 1, 2] and summary["solved_blocks"] == [3]
+    clean = run(load_recipe(recipe_with_shards("clean")))
+    a, b = resumed.variants[0].checkpoint, clean.variants[0].checkpoint
+    files = sorted(p.name for p in b.iterdir() if p.name.startswith("model"))
+    assert len(files) > 3 and "model.safetensors.index.json" in files
+    assert sorted(p.name for p in a.iterdir() if p.name.startswith("model")) == files
+    for f in files:
+        assert sha(a / f) == sha(b / f), f
+    assert resumed.variants[0].result.ppl == clean.variants[0].result.ppl

@@ -1,0 +1,229 @@
+"""Proof of scale: quantizing Llama-2-7B-shaped models block by block on this machine.
+
+    PYTHONPATH=. python bench/scale.py                                   # 2, 4, 8 layers x rtn, gptq, awq
+    PYTHONPATH=. python bench/scale.py --layers 2 8 --methods rtn gptq   # fewer runs
+    PYTHONPATH=. python bench/scale.py --runs rtn:2,8 gptq:2,8 awq:2      # per method
+
+Models: synthetic Llamas with the layer shapes of Llama-2-7B (hidden 4096, intermediate 11008,
+32 heads, 32 KV heads), random weights (normal, std 0.02; norms 1) stored in bf16 as a sharded
+safetensors checkpoint (2 GB shards, with model.safetensors.index.json), the tokenizer of the
+demo model (SmolLM2, so the vocabulary is its 49152 tokens rather than Llama-2's 32000).
+Each (layers, method) is quantized in its own process, from the files, exactly as `llmquant run`
+does it (quantize/lazy.py skeleton, one block resident, streamed checkpoint): W4 g128,
+calibration `--n-samples` x `--seqlen` random crops (seed 0) of wikitext-2 valid. Recorded per
+run: wall seconds of the quantize step, its peak resident memory (VmHWM reset at the step's
+start), seconds per block. The 32-layer (7B) projection extends the measured growth per
+layer from the smallest to the largest model, and times the median block by 32.
+
+Results go to bench/results/scale-<date>.md. Random weights make GPTQ/AWQ solve as much as on a
+real model (same shapes, same calibration tokens); their perplexity would be meaningless, so
+none is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+sys.path.insert(0, str(ROOT))
+from common import WIKI_VALID, machine, smollm2_dir  # noqa: E402
+
+HIDDEN, INTERMEDIATE, HEADS = 4096, 11008, 32
+FULL_LAYERS = 32
+
+
+def synthetic_llama(out: Path, layers: int, tokenizer_dir: Path) -> Path:
+    """A Llama-2-7B-shaped model with `layers` blocks, written tensor by tensor (never whole in memory)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig
+
+    from llmquant.formats.stream import StreamedShards
+
+    if (out / "config.json").exists():
+        return out
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    vocab = len(tok)
+    cfg = LlamaConfig(hidden_size=HIDDEN, intermediate_size=INTERMEDIATE, num_hidden_layers=layers,
+                      num_attention_heads=HEADS, num_key_value_heads=HEADS, vocab_size=vocab,
+                      max_position_embeddings=4096, tie_word_embeddings=False, dtype="bfloat16",
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    tmp = out.with_name(out.name + ".partial")
+    g = torch.Generator().manual_seed(layers)
+    shards = StreamedShards(tmp, max_shard=2 << 30)
+
+    def rand(*shape):
+        return (torch.randn(*shape, generator=g) * 0.02).to(torch.bfloat16)
+
+    shards.add("model.embed_tokens.weight", rand(vocab, HIDDEN))
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        for n in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            shards.add(f"{p}.self_attn.{n}.weight", rand(HIDDEN, HIDDEN))
+        shards.add(f"{p}.mlp.gate_proj.weight", rand(INTERMEDIATE, HIDDEN))
+        shards.add(f"{p}.mlp.up_proj.weight", rand(INTERMEDIATE, HIDDEN))
+        shards.add(f"{p}.mlp.down_proj.weight", rand(HIDDEN, INTERMEDIATE))
+        shards.add(f"{p}.input_layernorm.weight", torch.ones(HIDDEN, dtype=torch.bfloat16))
+        shards.add(f"{p}.post_attention_layernorm.weight", torch.ones(HIDDEN, dtype=torch.bfloat16))
+    shards.add("model.norm.weight", torch.ones(HIDDEN, dtype=torch.bfloat16))
+    shards.add("lm_head.weight", rand(vocab, HIDDEN))
+    shards.finish()
+    cfg.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    """One quantization, in this process; prints its measurements as JSON."""
+    import torch
+
+    from llmquant.data import calibration_crops
+    from llmquant.loading import load_tokenizer
+    from llmquant.quantize.base import CalibrationSet, QuantizeContext
+    from llmquant.quantize.lazy import lazy_model
+    from llmquant.quantize.measure import measure_step
+    from llmquant.recipe import AWQVariant, GPTQVariant, RTNVariant
+
+    model_dir = Path(args.model)
+    tok = load_tokenizer(model_dir)
+    ids = torch.tensor([tok(WIKI_VALID.read_text()).input_ids])
+    crops = calibration_crops(ids, args.n_samples, args.seqlen, 0, "wikitext-2 valid")
+    common = {"bits": 4, "group_size": 128}
+    if args.method == "rtn":
+        from llmquant.quantize.rtn import RTNQuantizer as Q
+        variant = RTNVariant(name="rtn", method="rtn", **common)
+    elif args.method == "gptq":
+        from llmquant.quantize.gptq import GPTQQuantizer as Q
+        variant = GPTQVariant(name="gptq", method="gptq", **common)
+    else:
+        from llmquant.quantize.awq import AWQQuantizer as Q
+        variant = AWQVariant(name="awq", method="awq", **common)
+    model, blocks = lazy_model(model_dir)
+    with measure_step(args.device) as m:
+        summary = Q().quantize(model, variant, CalibrationSet(crops, "scale"), Path(args.out),
+                               QuantizeContext(device=args.device, tokenizer=tok, blocks=blocks))
+    m["block_seconds"] = summary.get("block_seconds", [])
+    m["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
+    m["calib_dtype"] = summary.get("calib_dtype")
+    print("RESULT " + json.dumps(m))
+
+
+def run_one(model: Path, method: str, out: Path, args) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", str(model), "--method", method,
+           "--out", str(out), "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
+           "--device", args.device]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"{method} on {model.name} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(line[len("RESULT "):])
+    result["process_seconds"] = round(time.time() - t0, 1)
+    return result
+
+
+def projection(rows: dict[int, dict]) -> tuple[float, float, float]:
+    """(peak bytes growth per layer, projected 32-layer peak, projected 32-layer seconds)."""
+    lo, hi = min(rows), max(rows)
+    per_layer = (rows[hi]["quantize_peak_rss_bytes"] - rows[lo]["quantize_peak_rss_bytes"]) / max(1, hi - lo)
+    peak32 = rows[hi]["quantize_peak_rss_bytes"] + per_layer * (FULL_LAYERS - hi)
+    blocks = [t for r in rows.values() for t in r["block_seconds"]]
+    fixed = statistics.median(r["quantize_seconds"] - sum(r["block_seconds"]) for r in rows.values())
+    return per_layer, peak32, FULL_LAYERS * statistics.median(blocks) + fixed
+
+
+def command(args) -> str:
+    if args.runs:
+        return "--runs " + " ".join(args.runs)
+    return f"--layers {' '.join(map(str, args.layers))} --methods {' '.join(args.methods)}"
+
+
+def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
+    import torch
+
+    gb = lambda b: f"{b / 2**30:.2f}"  # noqa: E731
+    lines = [f"# Quantizing Llama-2-7B-shaped models block by block ({date.today()})", "",
+             f"- machine: {machine()}",
+             f"- torch.backends.cpu.get_cpu_capability(): {torch.backends.cpu.get_cpu_capability()}",
+             f"- command: `PYTHONPATH=. python bench/scale.py {command(args)} --n-samples {args.n_samples} "
+             f"--seqlen {args.seqlen}`",
+             f"- started {started}; each run in its own process, one at a time",
+             "- models: hidden 4096, intermediate 11008, 32 heads (MHA), random bf16 weights on disk, "
+             "SmolLM2 tokenizer (vocab 49152), untied lm_head; W4 g128; calibration "
+             f"{args.n_samples}x{args.seqlen} crops of wikitext-2 valid (seed 0)",
+             "- peak RSS: VmHWM of the quantizing process, reset when the quantize step starts (the "
+             "process has imported torch/transformers and built the meta skeleton by then)",
+             "- NOTE: the machine's 2 cores were shared with another engineer's work during these runs; "
+             "times are indicative (the load average above was taken at the end)", "",
+             "| method | layers | quantize s | s / block (median) | peak RSS GiB | checkpoint GiB |",
+             "|---|---|---|---|---|---|"]
+    for method, rows in results.items():
+        for n, r in sorted(rows.items()):
+            med = statistics.median(r["block_seconds"]) if r["block_seconds"] else float("nan")
+            lines.append(f"| {method} | {n} | {r['quantize_seconds']:.1f} | {med:.1f} | "
+                         f"{gb(r['quantize_peak_rss_bytes'])} | {gb(r['checkpoint_bytes'])} |")
+    lines += ["", "## Depth and the 32-layer (7B) projection", "",
+              "| method | peak(max layers) / peak(min layers) | growth per layer MB | projected 7B peak GiB | "
+              "projected 7B quantize time |", "|---|---|---|---|---|"]
+    for method, rows in results.items():
+        if len(rows) < 2:
+            continue
+        lo, hi = min(rows), max(rows)
+        ratio = rows[hi]["quantize_peak_rss_bytes"] / rows[lo]["quantize_peak_rss_bytes"]
+        per_layer, peak32, secs32 = projection(rows)
+        lines.append(f"| {method} | {ratio:.3f} ({hi} vs {lo}) | {per_layer / 1e6:.1f} | {gb(peak32)} | "
+                     f"{secs32 / 3600:.1f} h ({secs32 / 60:.0f} min) |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--model")
+    ap.add_argument("--method")
+    ap.add_argument("--out")
+    ap.add_argument("--layers", type=int, nargs="+", default=[2, 4, 8])
+    ap.add_argument("--methods", nargs="+", default=["rtn", "gptq", "awq"])
+    ap.add_argument("--runs", nargs="+", help="method:layers,layers,... (instead of --layers x --methods)")
+    ap.add_argument("--n-samples", type=int, default=16)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--work", default="/tmp/llmquant-scale")
+    ap.add_argument("--results", default=str(ROOT / "bench" / "results" / f"scale-{date.today()}.md"))
+    args = ap.parse_args()
+    if args.child:
+        return child(args)
+    from llmquant.runs import atomic_write_text
+
+    started = time.strftime("%H:%M UTC", time.gmtime())
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = smollm2_dir(work)
+    plan = {m: list(args.layers) for m in args.methods}
+    if args.runs:
+        plan = {r.split(":")[0]: [int(x) for x in r.split(":")[1].split(",")] for r in args.runs}
+        args.methods, args.layers = list(plan), sorted({n for ns in plan.values() for n in ns})
+    results: dict[str, dict[int, dict]] = {m: {} for m in plan}
+    for n in sorted({n for ns in plan.values() for n in ns}):
+        model = synthetic_llama(work / f"llama7b-shape-{n}l", n, tokenizer_dir)
+        for method in [m for m in plan if n in plan[m]]:
+            out = work / f"q-{method}-{n}l"
+            r = run_one(model, method, out, args)
+            results[method][n] = r
+            print(f"{method} {n} layers: {r['quantize_seconds']:.0f} s, peak {r['quantize_peak_rss_bytes'] / 2**30:.2f} GiB, "
+                  f"blocks {r['block_seconds']}", flush=True)
+            atomic_write_text(Path(args.results), report(results, args, started))
+            subprocess.run(["rm", "-rf", str(out)])
+    print(Path(args.results).read_text())
+
+
+if __name__ == "__main__":
+    main()
