@@ -140,7 +140,7 @@ def print_summary(summary) -> None:
                          "group_size": o.summary.get("config", {}).get("group_size"), "is_baseline": 0,
                          "size_bytes": o.result.size_bytes, "ppl": o.result.ppl,
                          "delta_ppl_pct": (o.result.ppl / summary.baseline.ppl - 1) * 100,
-                         **_lat(o.result), "peak_rss_bytes": o.result.peak_rss_bytes,
+                         **_lat(o.result), "peak_rss_bytes": o.result.peak_rss_bytes, **o.step,
                          "model": summary.model, "protocol_key": o.result.protocol.key}))
     for (model, _), group in group_by_protocol(rows).items():
         headers, cells = table_cells(group)
