@@ -291,8 +291,13 @@ class AWQVariant(PeerBackedVariant):
     clip_n_grid: int = Field(20, ge=1, le=1000, description="clip bounds are max|w| * (1 - i / clip_n_grid)")
     clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="largest fraction of max|w| clipped away")
     search_samples: int | None = Field(
-        None, ge=1, description="calibration samples whose tokens score the scale search through the attention "
-                                "and MLP modules (default: all); statistics always use every sample")
+        16, ge=1, description="how many calibration samples' worth of tokens score the scale search through the "
+                              "attention (the first N samples, whole) and the MLP (every k-th token of every "
+                              "sample, as many tokens); null: every sample. Statistics and clipping always use "
+                              "every sample")
+    coarse_grid: int | None = Field(
+        5, ge=2, description="coarse-to-fine scale search: score this many evenly spaced ratios (and s = 1), then "
+                             "the ratios around the best; null: score all n_grid ratios")
     calib_dtype: Literal["auto", "float32", "bfloat16"] = Field(
         "auto", description="matmul dtype while calibrating (block forwards, statistics, search); auto: bfloat16 "
                             "where the device computes it fast (AMX/AVX512-BF16 CPUs, CUDA), else float32")

@@ -55,7 +55,8 @@ def _venv_install(name: str, pip: str) -> str:
             f"peers/{name}/bin/pip install {pip}")
 
 
-AWQ_SEARCH_OPTIONS = ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink", "search_samples")
+AWQ_SEARCH_OPTIONS = ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink", "search_samples",
+                      "coarse_grid")
 """Our AWQ search settings no peer takes (each runs its own defaults)."""
 
 BACKENDS: dict[str, PeerBackend] = {

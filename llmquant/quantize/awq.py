@@ -3,8 +3,10 @@ per decoder block,
   1. observes each Linear group's input (mean |x| per channel, Gram matrix X^T X) and records the
      calls of the attention / MLP modules the search replays (awq_search.py);
   2. searches one channel scale per mapping of the architecture table (awq_arch.py) on the
-     still-float block (awq_math.py: the AWQ ratio grid; the loss is the inspected module's
-     output MSE, or the Linears' own output MSE through the Gram matrix);
+     still-float block (awq_math.py: the AWQ ratio grid, coarse to fine by default; the loss is
+     the inspected module's output MSE on a subset of the calibration tokens, `search_samples`
+     samples' worth: whole samples for attention, every k-th token of every sample for the
+     MLP; or the Linears' own output MSE on every token through the Gram matrix);
   3. applies: folds every scale into its previous op, searches the clipping bounds on the
      scaled weights, clips, and rounds to AWQ's grid; the block's Linears then hold the
      de-quantized weights, so the next block calibrates on the quantized model's activations.
@@ -96,9 +98,9 @@ class AWQHandler:
     """The AWQ side of the sequential loop (SequentialOptions.staged=False)."""
 
     def __init__(self, model: nn.Module, variant: AWQVariant, settings: dict[str, LayerSettings],
-                 family: awq_arch.Family, state_key: str, dtype: torch.dtype):
+                 family: awq_arch.Family, state_key: str, dtype: torch.dtype, n_samples: int):
         self.model, self.variant, self.settings, self.family = model, variant, settings, family
-        self.state_key, self.dtype = state_key, dtype
+        self.state_key, self.dtype, self.n_samples = state_key, dtype, n_samples
         self.layers: dict[str, IntWeight] = {}
         self.searched = 0  # mappings searched by this process (a resumed block searches none)
         self._reset()
@@ -145,7 +147,15 @@ class AWQHandler:
                 width = r.linears[0].in_features
                 self._recorders[r.mapping.prev] = CallRecorder(
                     module, v.search_samples, self.dtype, working_bytes_per_token(module, width),
-                    v.max_chunk_memory_mb << 20)
+                    v.max_chunk_memory_mb << 20, token_stride=self._token_stride(r.mapping))
+
+    def _token_stride(self, m: awq_arch.Mapping) -> int | None:
+        """Every k-th token scores a token-wise module's search: as many tokens as
+        `search_samples` whole samples hold, spread over all of them (None: whole samples)."""
+        samples = self.variant.search_samples
+        if not m.tokenwise or samples is None or samples >= self.n_samples:
+            return None
+        return max(1, self.n_samples // samples)
 
     def observe(self, group: InputGroup, x: Tensor) -> None:
         st = self._stats.get(group.names)
@@ -199,15 +209,20 @@ class AWQHandler:
         if m.inspect is None:
             norm = st.count * sum(w.shape[0] for w in weights)
             loss_fn = lambda s: gram_loss(weights, st.H, s, quants) / norm  # noqa: E731
+            tokens = st.count
         else:
             params = [n[len(m.inspect) + 1:] + ".weight" for n in names]
-            loss_fn = module_loss(self._recorders[m.prev], params, weights, quants, run.device)
-        result = search_scales(candidates, loss_fn)
+            recorder = self._recorders[m.prev]
+            loss_fn = module_loss(recorder, params, weights, quants, run.device)
+            tokens = recorder.tokens
+        result = search_scales(candidates, loss_fn, v.coarse_grid)
         self.searched += 1
         secs = time.perf_counter() - t0
         self._scales[m.prev] = result.scales
         self._info[m.prev] = {"awq_prev": m.prev, "awq_ratio": result.ratio, "awq_loss": result.loss,
-                              "awq_loss_unscaled": result.loss_unscaled, "search_seconds": secs / len(names)}
+                              "awq_loss_unscaled": result.loss_unscaled, "awq_search_tokens": tokens,
+                              "awq_candidates_scored": sum(x == x for x in result.losses),
+                              "search_seconds": secs / len(names)}
         ratio = "none" if result.ratio is None else f"{result.ratio:.2f}"
         run.note(f"{m.prev} -> {'/'.join(n.rsplit('.', 1)[-1] for n in names)}: ratio {ratio}, "
                  f"loss {result.loss:.3g} (unscaled {result.loss_unscaled or float('nan'):.3g}) {secs:.1f} s")
@@ -312,7 +327,7 @@ def save_awq_model(model: nn.Module, layers: dict[str, IntWeight], variant: AWQV
 
 class AWQQuantizer:
     method = "awq"
-    version = "1"
+    version = "2"  # 2: token-wise modules' searches score every k-th token of every sample
 
     def quantize(self, model: nn.Module, variant: AWQVariant, calib: CalibrationSet | None,
                  out_dir: Path, ctx: QuantizeContext) -> dict:
@@ -332,7 +347,8 @@ class AWQQuantizer:
         key = content_hash({"method": self.method, "version": self.version, "calibration": calib.key,
                             "variant": variant.model_dump(mode="json", exclude={"name", "save_dtype"}),
                             "batch_size": bs, "device": str(ctx.device), "dtype": str(dtype)})
-        handler = AWQHandler(model, variant, settings, awq_arch.family_for(model_type), key, dtype)
+        handler = AWQHandler(model, variant, settings, awq_arch.family_for(model_type), key, dtype,
+                             calib.input_ids.shape[0])
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=False, work_dir=ctx.work_dir,
                                  label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype,
                                  activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype)

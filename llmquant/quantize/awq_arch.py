@@ -30,6 +30,8 @@ class Mapping:
     prev: str  # the op whose output feeds `linears` (a norm or a Linear)
     linears: tuple[str, ...]  # every Linear that reads it
     inspect: str | None = None  # the module whose output the search compares; None: the Linears
+    tokenwise: bool = False  # `inspect` acts on each token alone (an MLP): the search may score a
+    #                          subset of tokens spread over every sample instead of whole samples
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ LLAMA_LIKE = Family(
         Mapping("input_layernorm", ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "self_attn"),
         # only where v's outputs are o's inputs one to one (no grouped KV heads): checked per block
         Mapping("self_attn.v_proj", ("self_attn.o_proj",)),
-        Mapping("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp"),
+        Mapping("post_attention_layernorm", ("mlp.gate_proj", "mlp.up_proj"), "mlp", tokenwise=True),
         Mapping("mlp.up_proj", ("mlp.down_proj",)),
     ),
     no_clip=("self_attn.q_proj", "self_attn.k_proj"),

@@ -160,19 +160,47 @@ class ScaleSearch:
         return None if self.unscaled_index is None else self.losses[self.unscaled_index]
 
 
-def search_scales(candidates: list[tuple[float | None, Tensor]], loss_fn: Callable[[Tensor], float]) -> ScaleSearch:
-    """Evaluate every candidate; the first smallest finite loss wins."""
-    losses: list[float] = []
+def search_scales(candidates: list[tuple[float | None, Tensor]], loss_fn: Callable[[Tensor], float],
+                  coarse_points: int | None = None) -> ScaleSearch:
+    """Score the candidates; the first smallest finite loss wins.
+
+    coarse_points None: every candidate is scored (AWQ's grid search). coarse_points k: coarse to
+    fine, for a loss that changes smoothly with the ratio: k evenly spaced ratios (step
+    n // k) and the extra candidates (s = 1) first, then every ratio closer than one step to
+    the best coarse ratio; the candidates never scored have a NaN loss. For n_grid 20 and k 5:
+    at most 12 of 21 scored, and the same winner as the full grid whenever the loss has one
+    minimum between the coarse points around it."""
+    ratios = [i for i, (r, _) in enumerate(candidates) if r is not None]
+    losses = [float("nan")] * len(candidates)
+
+    def score(i: int) -> None:
+        if losses[i] != losses[i]:
+            losses[i] = float(loss_fn(candidates[i][1]))
+
+    if coarse_points is None or len(ratios) <= coarse_points:
+        for i in range(len(candidates)):
+            score(i)
+    else:
+        step = len(ratios) // coarse_points
+        coarse = ratios[::step]
+        for i in coarse + [i for i in range(len(candidates)) if i not in ratios]:
+            score(i)
+        best_coarse = min(coarse, key=lambda i: (not _finite(losses[i]), losses[i] if _finite(losses[i]) else 0.0))
+        pos = ratios.index(best_coarse)
+        for j in range(max(0, pos - step + 1), min(len(ratios), pos + step)):
+            score(ratios[j])
     best = -1
-    for i, (_, s) in enumerate(candidates):
-        loss = float(loss_fn(s))
-        losses.append(loss)
-        if loss == loss and loss != float("inf") and (best < 0 or loss < losses[best]):
+    for i, loss in enumerate(losses):
+        if _finite(loss) and (best < 0 or loss < losses[best]):
             best = i
     if best < 0:
         raise ValueError("every scale candidate gave a non-finite loss")
     unscaled = next((i for i, (_, s) in enumerate(candidates) if bool((s == 1).all())), None)
     return ScaleSearch(best, candidates[best][0], candidates[best][1], losses, unscaled)
+
+
+def _finite(x: float) -> bool:
+    return x == x and x not in (float("inf"), float("-inf"))
 
 
 def scaled_fake_quantize(w: Tensor, s: Tensor, quant: Quantizer) -> Tensor:

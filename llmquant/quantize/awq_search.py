@@ -92,20 +92,45 @@ def autocast_context(dtype: torch.dtype, device: torch.device):
 
 
 class CallRecorder:
-    """Records the calls of one module (pre-hook with kwargs) for the scale search."""
+    """Records the calls of one module (pre-hook with kwargs) for the scale search.
+
+    Two ways to choose what the search scores:
+      by samples   (token_stride None) the calls of the first `max_samples` calibration samples
+                   (None: all), whole sequences: what attention needs (every token attends to
+                   the ones before it);
+      by tokens    (token_stride k) every k-th token of every call, over the whole calibration
+                   set, for a module that acts on each token alone (an MLP): the same number of
+                   tokens as max_samples whole samples would give, spread over every sample, so
+                   the loss estimate does not hang on which samples came first. Only a call
+                   with one tensor argument can be split by tokens; any other call switches the
+                   recorder to whole samples at its first call.
+    Recorded floats are cast to `dtype`; the calls are cut into chunks whose working memory
+    (`bytes_per_token` per token) stays within `max_chunk_bytes`."""
 
     def __init__(self, module: nn.Module, max_samples: int | None, dtype: torch.dtype, bytes_per_token: int,
-                 max_chunk_bytes: int):
+                 max_chunk_bytes: int, token_stride: int | None = None):
         self.module, self.max_samples, self.dtype = module, max_samples, dtype
         self.bytes_per_token, self.max_chunk_bytes = bytes_per_token, max_chunk_bytes
+        self.token_stride = token_stride
         self.calls: list[tuple[tuple, dict]] = []
         self.samples = 0
+        self.tokens_seen = 0
+        self._rows: list[Tensor] = []  # by tokens: the kept rows, cut into calls at remove()
         self.handle = module.register_forward_pre_hook(self._hook, with_kwargs=True)
 
     def _cast(self, t: Tensor) -> Tensor:
         return t.to(self.dtype) if t.is_floating_point() and t.dtype != self.dtype else t
 
     def _hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if self.token_stride is not None:
+            plain = len(args) == 1 and not kwargs and isinstance(args[0], Tensor)
+            if plain:
+                self._keep_tokens(args[0])
+                return
+            if self.tokens_seen:
+                raise RuntimeError(f"{type(module).__name__} was called with one tensor, then with other "
+                                   "arguments: the AWQ search cannot replay it token by token")
+            self.token_stride = None  # the first call is not a one-tensor call: whole samples
         if self.max_samples is not None and self.samples >= self.max_samples:
             return
         x = _first_tensor(args, kwargs)
@@ -122,8 +147,24 @@ class CallRecorder:
             self.calls.append(_map(part, self._cast))
         self.samples += take
 
+    def _keep_tokens(self, x: Tensor) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        first = (-self.tokens_seen) % self.token_stride  # the stride runs on across calls
+        self._rows.append(self._cast(flat[first::self.token_stride]).clone())
+        self.tokens_seen += flat.shape[0]
+
     def remove(self) -> None:
         self.handle.remove()
+        if self._rows:
+            rows = torch.cat(self._rows)
+            self._rows = []
+            per_chunk = max(1, self.max_chunk_bytes // max(1, self.bytes_per_token))
+            self.calls = [((chunk.unsqueeze(0),), {}) for chunk in rows.split(per_chunk)]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens the recorded calls hold."""
+        return sum(_first_tensor(a, k).numel() // _first_tensor(a, k).shape[-1] for a, k in self.calls)
 
 
 def _output(out: Any) -> Tensor:

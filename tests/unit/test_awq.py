@@ -175,8 +175,12 @@ class Crash(Exception):
     pass
 
 
-def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monkeypatch, caplog):
-    _, whole = quantize(tiny_model_dir, calib, tmp_path / "whole")
+@pytest.mark.parametrize("search", [{}, {"search_samples": 4, "coarse_grid": None}],
+                         ids=["defaults", "4-samples-full-grid"])
+def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monkeypatch, caplog, search):
+    """(12 calibration samples: the defaults score every sample; 4 samples score the attention on
+    the first 4 and the MLP on every 3rd token.)"""
+    _, whole = quantize(tiny_model_dir, calib, tmp_path / "whole", **search)
     real_save = sequential._StateStore.save
 
     def save_then_crash(self, index, result):
@@ -187,7 +191,7 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
     work = tmp_path / "work"
     with pytest.raises(Crash):
-        quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work)
+        quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work, **search)
     monkeypatch.setattr(sequential._StateStore, "save", real_save)
     state = load_file(str(work / "blocks" / "block-0000.safetensors"))
     assert {"scale.input_layernorm", "scale.post_attention_layernorm", "scale.mlp.up_proj",
@@ -198,7 +202,7 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     real_search = AWQHandler._search
     monkeypatch.setattr(AWQHandler, "_search", lambda self, r, g: (searched.append(g.names[0]), real_search(self, r, g)))
     with caplog.at_level(logging.INFO, logger="llmquant"):
-        _, resumed = quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work)
+        _, resumed = quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work, **search)
     assert resumed["resumed_blocks"] == [0, 1] and resumed["solved_blocks"] == [2]
     assert resumed["searched_mappings"] == 3 and all(n.startswith("model.layers.2.") for n in searched)
     assert "re-applied from the saved search" in caplog.text
@@ -206,14 +210,23 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == a
     key = lambda rows: [(r["module"], r["output_error"], r.get("awq_ratio"), r["clipped_groups"]) for r in rows]  # noqa: E731
     assert key(resumed["layers"]) == key(whole["layers"])  # restored blocks report their saved rows
+    scored = {r["awq_prev"]: (r["awq_search_tokens"], r["awq_candidates_scored"])
+              for r in whole["layers"] if r.get("awq_prev")}
+    all_tokens, grid = 12 * 64, 21  # n_grid 20 and s = 1
+    if search:  # attention: the first 4 samples whole; MLP: every 3rd token; lone Linears: all tokens
+        assert scored == {"input_layernorm": (4 * 64, grid), "post_attention_layernorm": (12 * 64 // 3, grid),
+                          "mlp.up_proj": (all_tokens, grid)}  # (grouped KV heads: no v -> o)
+    else:  # 16 samples asked, 12 there: all of them; coarse to fine scores at most 12 candidates
+        assert {k: t for k, (t, _) in scored.items()} == dict.fromkeys(scored, all_tokens)
+        assert len(scored) == 3 and all(n <= 12 for _, n in scored.values())
 
     # every block saved: the search is re-applied without a single search or forward
     searched.clear()
-    _, again = quantize(tiny_model_dir, calib, tmp_path / "again", work_dir=work)
+    _, again = quantize(tiny_model_dir, calib, tmp_path / "again", work_dir=work, **search)
     assert again["resumed_blocks"] == [0, 1, 2] and again["searched_mappings"] == 0 and not searched
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == a
     # other search settings do not reuse it
-    _, other = quantize(tiny_model_dir, calib, tmp_path / "other", work_dir=work, n_grid=10)
+    _, other = quantize(tiny_model_dir, calib, tmp_path / "other", work_dir=work, **(search | {"n_grid": 10}))
     assert other["resumed_blocks"] == [] and other["searched_mappings"] == 9
 
 

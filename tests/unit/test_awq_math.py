@@ -123,6 +123,56 @@ def test_search_ignores_non_finite_losses_and_keeps_the_first_minimum():
         am.search_scales(cands[:1], lambda s: float("inf"))
 
 
+def ratio_candidates(n, extra=True):
+    """Candidates whose s encodes the ratio index (s = 2 + i); the extra one is s = 1."""
+    cands = [(i / n, torch.full((2,), 2.0 + i)) for i in range(n)]
+    return cands + ([(None, torch.ones(2))] if extra else [])
+
+
+def index_of(s):
+    return None if bool((s == 1).all()) else int(s[0]) - 2
+
+
+@pytest.mark.parametrize("minimum", [0, 3, 7, 8, 13, 19])
+def test_coarse_to_fine_finds_a_single_minimum_scoring_at_most_12_of_21(minimum):
+    cands = ratio_candidates(20)
+    scored = []
+
+    def loss(s):  # one minimum at ratio index `minimum`; s = 1 is worse than every ratio
+        i = index_of(s)
+        scored.append(i)
+        return 100.0 if i is None else (i - minimum) ** 2 + 1.0
+
+    r = am.search_scales(cands, loss, coarse_points=5)
+    full = am.search_scales(cands, loss)
+    assert r.index == full.index == minimum and r.ratio == minimum / 20
+    n_coarse = len(scored) - 21
+    assert n_coarse <= 12 and len(set(scored[:n_coarse])) == n_coarse  # nothing scored twice
+    assert sum(x == x for x in r.losses) == n_coarse  # the rest stay NaN
+    assert None in scored[:n_coarse] and r.loss_unscaled == 100.0  # s = 1 always scored
+
+
+def test_coarse_to_fine_scores_the_coarse_ratios_then_the_neighbours_of_the_best():
+    cands = ratio_candidates(20, extra=False)
+    order = []
+    values = {i: 5.0 for i in range(20)} | {16: 2.0, 17: 0.5}
+
+    def loss(s):
+        order.append(index_of(s))
+        return values[index_of(s)]
+
+    r = am.search_scales(cands, loss, coarse_points=5)
+    assert order[:5] == [0, 4, 8, 12, 16]
+    assert sorted(order[5:]) == [13, 14, 15, 17, 18, 19]
+    assert r.index == 17
+    # two minima: coarse to fine keeps the one near the best coarse point (a documented limit)
+    values = {i: 5.0 for i in range(20)} | {2: 0.1, 8: 1.0, 9: 0.5}
+    order.clear()
+    r = am.search_scales(cands, loss, coarse_points=5)
+    assert r.index == 9 and 2 not in order
+    assert am.search_scales(cands, loss).index == 2  # the full grid finds it
+
+
 def brute_force_clip(w, x, bits, gs, n_grid, max_shrink):
     """Per (row, group): try every bound, score it on the tokens, keep the first best."""
     out = torch.empty(w.shape[0], w.shape[1] // gs)

@@ -135,7 +135,8 @@ def whole_model_reference(src, method: str, variant, out):
             "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
             "act_group_aware": variant.act_group_aware and not variant.desc_act})
     else:
-        handler = AWQHandler(model, variant, settings, awq_arch.family_for("llama"), "k", torch.float32)
+        handler = AWQHandler(model, variant, settings, awq_arch.family_for("llama"), "k", torch.float32,
+                             CALIB.input_ids.shape[0])
         run_sequential(model, CALIB.input_ids, handler, SequentialOptions(batch_size=6, staged=False))
         save_awq_model(model, handler.layers, variant, None, out)
 
