@@ -105,7 +105,9 @@ def worker(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     summary = quantizer.quantize(model, variant, CalibrationSet(ids, "bench"), Path(a.out), ctx)
     wall = time.perf_counter() - t0
-    return {"tool": a.worker, "overrides": a.overrides, "quantize_s": wall, "phases": dict(timers.t),
+    keys = ("search_samples", "coarse_grid", "n_grid", "calib_dtype") if a.worker == "awq" else ("true_sequential",)
+    return {"tool": a.worker, "overrides": a.overrides, "settings": {k: getattr(variant, k) for k in keys},
+            "quantize_s": wall, "phases": dict(timers.t),
             "block_seconds": summary.get("block_seconds"), "calib_dtype": summary.get("calib_dtype")}
 
 
@@ -165,7 +167,8 @@ def write_report(a, rows: list[dict], started: dt.datetime, capability: str) -> 
              f"- command: `PYTHONPATH=. python bench/awq_profile.py {' '.join(sys.argv[1:])}`".rstrip(),
              "- each tool in its own process, one job at a time; seconds are totals over the blocks", ""]
     for r in rows:
-        name = f"{r['tool']} ({r['overrides'] or 'defaults'})"
+        settings = ", ".join(f"{k} {v}" for k, v in (r.get("settings") or {}).items())
+        name = f"{r['tool']} ({settings or r['overrides'] or 'defaults'})"
         if "error" in r:
             lines += [f"## {name}: failed", "", r["error"][:500], ""]
             continue

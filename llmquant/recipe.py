@@ -295,6 +295,10 @@ class AWQVariant(PeerBackedVariant):
                               "attention (the first N samples, whole) and the MLP (every k-th token of every "
                               "sample, as many tokens); null: every sample. Statistics and clipping always use "
                               "every sample")
+    propagate: Literal["quantized", "float"] = Field(
+        "quantized", description="what the next block calibrates on: this block's outputs once it is quantized "
+                                 "(one more forward per block), or its float outputs (AutoAWQ's and llm-awq's "
+                                 "protocol: the float model's activations throughout)")
     coarse_grid: int | None = Field(
         5, ge=2, description="coarse-to-fine scale search: score this many evenly spaced ratios (and s = 1), then "
                              "the ratios around the best; null: score all n_grid ratios")

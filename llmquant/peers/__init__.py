@@ -56,7 +56,7 @@ def _venv_install(name: str, pip: str) -> str:
 
 
 AWQ_SEARCH_OPTIONS = ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_shrink", "search_samples",
-                      "coarse_grid")
+                      "coarse_grid", "propagate")
 """Our AWQ search settings no peer takes (each runs its own defaults)."""
 
 BACKENDS: dict[str, PeerBackend] = {

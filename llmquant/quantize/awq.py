@@ -236,8 +236,10 @@ class AWQHandler:
         input_scale: dict[str, Tensor] = {}
         info: dict[str, dict] = {}
         state: dict[str, Tensor] = {}
-        for prev, s in scales.items():
-            r = by_prev[prev]
+        # in the family's order, whatever order `scales` came in (a restored state's is alphabetical):
+        # two folds into one weight (up_proj's columns, then its rows) do not commute in floats
+        for prev in sorted(scales, key=list(by_prev).index):
+            s, r = scales[prev], by_prev[prev]
             fold_scale(r.prev, r.linears, s)
             state[f"scale.{prev}"] = s
             for n in r.mapping.linears:
@@ -351,7 +353,8 @@ class AWQQuantizer:
                              calib.input_ids.shape[0])
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=False, work_dir=ctx.work_dir,
                                  label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype,
-                                 activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype)
+                                 activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype,
+                                 float_outputs=variant.propagate == "float")
         stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
         with stream:  # a failure removes what was written
             groups: dict[str, tuple[int, bool]] = {}

@@ -109,9 +109,10 @@ class _Runner:
             handles.append(group.modules[0].register_forward_pre_hook(hook, with_kwargs=True))
         return handles
 
-    def forward(self, observe: bool = False) -> None:
+    def forward(self, observe: bool = False, keep_outputs: bool = False) -> None:
         """Each batch through the block in turn. Observing (every called group), the inputs are
-        kept; otherwise each batch's input is replaced by its output as soon as it is done."""
+        kept unless `keep_outputs`; otherwise each batch's input is replaced by its output as
+        soon as it is done."""
         groups = [g for g in self.run.groups if g.called] if observe else []
         handles = self._hooks(groups, park=False)
         try:
@@ -121,7 +122,7 @@ class _Runner:
                     t.step()
                 finally:
                     t.abort()
-                if not observe:
+                if not observe or keep_outputs:
                     self.run.inputs[b] = t.result
         finally:
             for h in handles:

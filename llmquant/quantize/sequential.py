@@ -91,6 +91,10 @@ class SequentialOptions:
     #                                       work_dir/activations) and, staged with max_parked None, of
     #                                       parked batches (estimated; fewer parked: same numbers)
     activation_dtype: torch.dtype | None = None  # dtype the block inputs are kept in (None: as computed)
+    float_outputs: bool = False  # unstaged: the next block calibrates on this block's outputs before
+    #                              it is solved (the observing forward's; AutoAWQ's and llm-awq's
+    #                              protocol), saving the second forward; False: on the solved block's
+    #                              outputs
 
 
 @dataclass
@@ -243,6 +247,9 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
     return_freed_memory()
     device = torch.device(options.device)
     bs = options.batch_size or default_batch_size(input_ids.shape[1])
+    if options.float_outputs and options.staged:
+        raise ValueError("float_outputs needs the unstaged loop (staged solves groups inside the forward)")
+    float_outputs = options.float_outputs
     store = _StateStore(Path(options.work_dir) if options.work_dir else None, handler.state_key, len(blocks))
     done = store.done_prefix()
     # restored blocks need a forward only when a later block is solved (or the output is wanted)
@@ -284,8 +291,12 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
             run = BlockRun(i, name, block, [], inputs, kwargs, device,
                            note=lambda text: advance(0, note=text), autocast=options.autocast)
             if i < done:
-                handler.restore_block(run, state)
-                _Runner(run, None).forward()
+                if float_outputs:  # the outputs the solving run passed on: before the block is solved
+                    _Runner(run, None).forward()
+                    handler.restore_block(run, state)
+                else:
+                    handler.restore_block(run, state)
+                    _Runner(run, None).forward()
                 note = f"block {i}: restored"
             else:
                 targets = handler.targets(i, name, block)
@@ -299,14 +310,14 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 if options.staged:  # solves groups as it goes; inputs become outputs
                     runner.staged(parked_limit(options, block, inputs[0], len(inputs)))
                 else:
-                    runner.forward(observe=True)
+                    runner.forward(observe=True, keep_outputs=float_outputs)
                     for g in run.groups:
                         if g.called:
                             handler.solve(g)
                 for g in run.groups:
                     if not g.called:
                         handler.solve(g)
-                if not options.staged:
+                if not options.staged and not float_outputs:
                     runner.forward()  # propagate through the solved block
                 result = handler.finish_block(run)
                 store.save(i, result)

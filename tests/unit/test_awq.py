@@ -175,8 +175,8 @@ class Crash(Exception):
     pass
 
 
-@pytest.mark.parametrize("search", [{}, {"search_samples": 4, "coarse_grid": None}],
-                         ids=["defaults", "4-samples-full-grid"])
+@pytest.mark.parametrize("search", [{}, {"search_samples": 4, "coarse_grid": None}, {"propagate": "float"}],
+                         ids=["defaults", "4-samples-full-grid", "float-outputs"])
 def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monkeypatch, caplog, search):
     """(12 calibration samples: the defaults score every sample; 4 samples score the attention on
     the first 4 and the MLP on every 3rd token.)"""
@@ -213,7 +213,7 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     scored = {r["awq_prev"]: (r["awq_search_tokens"], r["awq_candidates_scored"])
               for r in whole["layers"] if r.get("awq_prev")}
     all_tokens, grid = 12 * 64, 21  # n_grid 20 and s = 1
-    if search:  # attention: the first 4 samples whole; MLP: every 3rd token; lone Linears: all tokens
+    if "search_samples" in search:  # attention: the first 4 samples whole; MLP: every 3rd token; lone Linears: all tokens
         assert scored == {"input_layernorm": (4 * 64, grid), "post_attention_layernorm": (12 * 64 // 3, grid),
                           "mlp.up_proj": (all_tokens, grid)}  # (grouped KV heads: no v -> o)
     else:  # 16 samples asked, 12 there: all of them; coarse to fine scores at most 12 candidates
@@ -228,6 +228,19 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     # other search settings do not reuse it
     _, other = quantize(tiny_model_dir, calib, tmp_path / "other", work_dir=work, **(search | {"n_grid": 10}))
     assert other["resumed_blocks"] == [] and other["searched_mappings"] == 9
+
+
+def test_float_outputs_change_what_later_blocks_calibrate_on(tmp_path, tiny_model_dir, calib):
+    """propagate float: block 0 sees the same inputs either way; block 1 calibrates on the float
+    block 0's outputs instead of the quantized one's, so its search and weights differ."""
+    _, q = quantize(tiny_model_dir, calib, tmp_path / "q")
+    _, f = quantize(tiny_model_dir, calib, tmp_path / "f", propagate="float")
+    a = load_file(str(tmp_path / "q" / "model.safetensors"))
+    b = load_file(str(tmp_path / "f" / "model.safetensors"))
+    block0 = [k for k in a if k.startswith("model.layers.0.")]
+    block1 = [k for k in a if k.startswith("model.layers.1.") and k.endswith("qweight")]
+    assert block0 and all(torch.equal(a[k], b[k]) for k in block0)
+    assert any(not torch.equal(a[k], b[k]) for k in block1)
 
 
 def test_tiny_recipe_end_to_end_with_awq(tiny_recipe, board_path):
