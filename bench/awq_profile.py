@@ -105,7 +105,7 @@ def worker(a: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     summary = quantizer.quantize(model, variant, CalibrationSet(ids, "bench"), Path(a.out), ctx)
     wall = time.perf_counter() - t0
-    keys = ("search_samples", "coarse_grid", "n_grid", "calib_dtype") if a.worker == "awq" else ("true_sequential",)
+    keys = ("search_samples", "coarse_grid", "n_grid", "calib_dtype", "propagate") if a.worker == "awq" else ("true_sequential",)
     return {"tool": a.worker, "overrides": a.overrides, "settings": {k: getattr(variant, k) for k in keys},
             "quantize_s": wall, "phases": dict(timers.t),
             "block_seconds": summary.get("block_seconds"), "calib_dtype": summary.get("calib_dtype")}
