@@ -38,6 +38,7 @@ from gptq_cpu import (  # noqa: E402
     PEER_PYTHON,
     PrintProgress,
     RssSampler,
+    add_worker_args,
     evaluate,
     loadavg,
     machine,
@@ -107,13 +108,7 @@ def main() -> None:
     p.add_argument("--skip-peer", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    # worker mode (internal)
-    p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
-    p.add_argument("--overrides", default="", help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--calib", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_args(p, ["ours"], overrides=True)
     a = p.parse_args()
 
     if a.worker:

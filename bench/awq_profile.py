@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
 from awq_cpu import parse_overrides  # noqa: E402
-from gptq_cpu import CACHE, evaluate, machine, prepare, run_worker  # noqa: E402
+from gptq_cpu import CACHE, add_worker_args, evaluate, machine, prepare, run_worker  # noqa: E402
 
 
 class Timers:
@@ -124,12 +124,7 @@ def main() -> None:
     p.add_argument("--eval-windows", type=int, default=0, help="score each checkpoint (only with --blocks 30)")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
     p.add_argument("--tag", default="")
-    p.add_argument("--worker", choices=["awq", "gptq"], help=argparse.SUPPRESS)
-    p.add_argument("--overrides", default="", help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--calib", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_args(p, ["awq", "gptq"], overrides=True)
     a = p.parse_args()
     if a.worker:
         Path(a.result).write_text(json.dumps(worker(a)))

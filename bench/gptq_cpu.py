@@ -147,6 +147,15 @@ def prepare(a: argparse.Namespace) -> tuple[Path, Path]:
     return base, calib
 
 
+def add_worker_args(p: argparse.ArgumentParser, choices: list[str], overrides: bool = False) -> None:
+    """The hidden arguments a bench script passes to itself to run one tool in its own process."""
+    p.add_argument("--worker", choices=choices, help=argparse.SUPPRESS)
+    if overrides:
+        p.add_argument("--overrides", default="", help=argparse.SUPPRESS)
+    for name in ("--model", "--calib", "--out", "--result"):
+        p.add_argument(name, help=argparse.SUPPRESS)
+
+
 def run_worker(cmd: list[str], env: dict, log_path: Path) -> dict:
     result_path = log_path.with_suffix(".json")
     result_path.unlink(missing_ok=True)
@@ -187,12 +196,7 @@ def main() -> None:
     p.add_argument("--skip-peer", action="store_true")
     p.add_argument("--skip-ours", action="store_true")
     p.add_argument("--results", type=Path, default=ROOT / "bench" / "results")
-    # worker mode (internal)
-    p.add_argument("--worker", choices=["ours"], help=argparse.SUPPRESS)
-    p.add_argument("--model", help=argparse.SUPPRESS)
-    p.add_argument("--calib", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
-    p.add_argument("--result", help=argparse.SUPPRESS)
+    add_worker_args(p, ["ours"])
     a = p.parse_args()
 
     if a.worker:
