@@ -161,8 +161,8 @@ def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
              f"{args.n_samples}x{args.seqlen} crops of wikitext-2 valid (seed 0)",
              "- peak RSS: VmHWM of the quantizing process, reset when the quantize step starts (the "
              "process has imported torch/transformers and built the meta skeleton by then)",
-             "- NOTE: the machine's 2 cores were shared with another engineer's work during these runs; "
-             "times are indicative (the load average above was taken at the end)", "",
+             "- the load average above was taken at the end: well above 2 means other work shared the 2 cores "
+             "and the times are indicative", "",
              "| method | layers | quantize s | s / block (median) | peak RSS GiB | checkpoint GiB |",
              "|---|---|---|---|---|---|"]
     for method, rows in results.items():
