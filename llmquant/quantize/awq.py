@@ -9,7 +9,8 @@ per decoder block,
      MLP; or the Linears' own output MSE on every token through the Gram matrix);
   3. applies: folds every scale into its previous op, searches the clipping bounds on the
      scaled weights, clips, and rounds to AWQ's grid; the block's Linears then hold the
-     de-quantized weights, so the next block calibrates on the quantized model's activations.
+     de-quantized weights, so the next block calibrates on the quantized model's activations
+     (`propagate: float`: on the float block's outputs, kept from step 1; one forward fewer).
 The search results (scales, clip bounds) are the block's resume state: a rerun with the same
 settings re-applies them without searching. The checkpoint is AWQ GEMM (formats/awq_gemm.py).
 """
