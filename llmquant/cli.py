@@ -201,6 +201,40 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s)
             out_console.print(f"   note: {note}", highlight=False)
 
 
+@app.command()
+@handle_errors
+def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+         format: str = typer.Option("table", "--format", help="table | json")) -> None:
+    """Will the recipe fit this machine? Estimated peak host memory, GPU memory and disk of each
+    step (load, quantize and evaluate each variant, serve), from the model's config.json and
+    tensor headers only: no weights are read, so a directory with just the config plans a model
+    before it is downloaded. Exits 2 when a step cannot fit (the same check starts `run`).
+
+    Example: `llmquant plan recipes/llama7b-awq.yaml`
+    """
+    import json
+
+    from .console import err_console, out_console
+    from .plan import plan_for, render_json, render_text
+    from .recipe import load_recipe
+
+    if format not in ("table", "json"):
+        raise UserError(f"--format: {format!r} is not allowed; use table or json")
+    r = load_recipe(recipe)
+    if getattr(r, "kind", None) == "classic":
+        raise UserError(f"{recipe}: plan covers LLM recipes; classic (CNN/BERT) models fit any machine that runs them")
+    p = plan_for(r)
+    if format == "json":
+        typer.echo(json.dumps(render_json(p), indent=2))
+    else:
+        for line in render_text(p):
+            out_console.print(line, highlight=False, markup=False, soft_wrap=True)
+    if p.problems:
+        err_console.print(f"[bold red]error:[/] {recipe}: will not fit this machine: {p.problems[0]}",
+                          highlight=False, soft_wrap=True)
+        raise typer.Exit(2)
+
+
 @app.command("eval")
 @handle_errors
 def eval_cmd(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated, prot
 from .eval.protocols import eval_tensors, tensors_sha256
 from .eval.results import EvalResult
 from .loading import fingerprint, load_error, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
-from .preflight import preflight
+from .preflight import check_plan, preflight
 from .progress import NULL_PROGRESS, Progress
 from .peers.run import loads_own_model, quantizer_for
 from .quantize import METHODS
@@ -228,6 +229,8 @@ def run(recipe: Recipe, progress: Progress = NULL_PROGRESS, fresh: bool = False,
 
 def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | None) -> RunSummary:
     report = preflight(recipe)
+    if not os.environ.get("LLMQUANT_SKIP_PLAN"):
+        check_plan(recipe, report)
     for note in report.notes:
         progress.message(note)
     src = report.source

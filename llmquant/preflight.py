@@ -18,6 +18,7 @@ class PreflightReport:
     source: ModelSource
     notes: list[str] = field(default_factory=list)
     peers: dict = field(default_factory=dict)  # backend -> peers.interpreter.Peer, for variants a peer quantizes
+    plan: object | None = None  # plan.Plan: each step's memory and disk against this machine
 
 
 def _check_dataset(recipe: Recipe, section: str) -> None:
@@ -39,7 +40,9 @@ def meta_model(config):
     from transformers import AutoModelForCausalLM
 
     with init_empty_weights():
-        return AutoModelForCausalLM.from_config(config)
+        model = AutoModelForCausalLM.from_config(config)
+    model.tie_weights()  # built on the meta device, the head is not tied to the embeddings yet
+    return model
 
 
 def check_shapes(recipe: Recipe, model) -> None:
@@ -119,4 +122,33 @@ def preflight(recipe: Recipe) -> PreflightReport:
     model = meta_model(config)
     check_methods(recipe, config, model)  # architecture support first: it explains shape problems too
     check_shapes(recipe, model)
+    report.plan = plan_steps(recipe, src, config, model)
     return report
+
+
+def plan_steps(recipe: Recipe, src, config, model):
+    """The memory and disk plan (llmquant plan); None where the model's blocks cannot be found."""
+    from .plan import plan_from_config
+
+    try:
+        return plan_from_config(recipe, src.label, config, model, src.path if src.kind == "hf-dir" else None,
+                                gguf=src.kind == "gguf")
+    except ValueError as e:  # an architecture whose decoder blocks are not where find_blocks looks
+        log.info("no memory plan: %s", e)
+        return None
+
+
+def check_plan(recipe: Recipe, report: PreflightReport) -> None:
+    """Stop before anything is loaded when a step cannot fit this machine (one line: the first
+    step that does not, and what would); steps that fit only what is free now are noted."""
+    plan = report.plan
+    if plan is None:
+        return
+    for s in plan.steps:
+        if s.warning:
+            report.notes.append(f"plan: {s.name}: {s.warning} (estimate)")
+    if plan.problems:
+        more = f" (and {len(plan.problems) - 1} more: llmquant plan {recipe.path or '<recipe>'})" \
+            if len(plan.problems) > 1 else ""
+        raise UserError(f"{recipe.path}: will not fit this machine: {plan.problems[0]}{more}; "
+                        "set LLMQUANT_SKIP_PLAN=1 to run anyway")

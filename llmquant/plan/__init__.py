@@ -1,0 +1,66 @@
+"""`llmquant plan`: will a recipe fit this machine? Estimated peak host memory, GPU memory and
+disk of each step, from the model's config (and safetensors headers where present) only.
+
+    plan = plan_for(recipe)          # resolves the source, reads config.json, builds a meta skeleton
+    for line in render_text(plan): print(line)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import UserError
+from .build import Plan, Step, plan_recipe
+from .machine import Machine, this_machine
+from .render import render_json, render_text
+
+__all__ = ["Plan", "Step", "Machine", "plan_for", "plan_from_config", "render_json", "render_text", "hub_config"]
+
+
+def hub_config(hub_id: str, revision: str | None, trust_remote_code: bool):
+    """The config of a hub model: the local cache, else a download of config.json only."""
+    from huggingface_hub import hf_hub_download
+    from transformers import AutoConfig
+
+    for local in (True, False):
+        try:
+            path = hf_hub_download(hub_id, "config.json", revision=revision, local_files_only=local, etag_timeout=10)
+            return AutoConfig.from_pretrained(Path(path).parent, trust_remote_code=trust_remote_code)
+        except Exception as e:  # not cached / offline / 401 / 404
+            reason = type(e).__name__
+    raise UserError(f"model.source: the config of {hub_id!r} is not in the local cache and the Hugging Face hub "
+                    f"could not be reached ({reason}); plan from a local directory holding its config.json")
+
+
+def plan_from_config(recipe, label: str, config, model, source_dir: Path | None, machine: Machine | None = None,
+                     device: str | None = None, gguf: bool = False) -> Plan:
+    """The plan when the config and meta skeleton are already built (preflight has them)."""
+    import torch
+
+    from ..loading import resolve_dtype
+    from .footprint import stored_from_headers
+
+    if device is None:
+        choice = recipe.model.device
+        device = ("cuda" if torch.cuda.is_available() else "cpu") if choice == "auto" else choice
+    machine = machine or this_machine(recipe.run_dir(), device.startswith("cuda"))
+    stored = stored_from_headers(source_dir) if source_dir is not None else None
+    if gguf:  # quantized from the de-quantized float32 copy the run saves
+        stored = (4.0, "float32", None)
+    return plan_recipe(recipe, label, config, model, machine, device, resolve_dtype(recipe.model.dtype, device),
+                       stored, gguf)
+
+
+def plan_for(recipe, machine: Machine | None = None) -> Plan:
+    from ..loading import load_config, resolve_source
+    from ..preflight import meta_model
+
+    m = recipe.model
+    src = resolve_source(m.source, recipe.base_dir, m.gguf_file, m.revision)
+    if src.kind == "hub":
+        config = hub_config(src.hub_id, src.revision, m.trust_remote_code)
+    else:
+        config = load_config(src, m.trust_remote_code)
+    source_dir = src.path if src.kind == "hf-dir" else None
+    return plan_from_config(recipe, src.label, config, meta_model(config), source_dir, machine,
+                            gguf=src.kind == "gguf")

@@ -1,0 +1,191 @@
+"""The plan of a recipe: each step's estimated peak host memory, GPU memory and disk, against
+this machine, from the model's config (and tensor headers where present) only.
+
+    plan = plan_recipe(recipe, source, config, meta_model, machine)
+    plan.problems        # one line per step that cannot fit, saying what would
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from . import memory as mem
+from .footprint import Footprint
+from .machine import Machine
+from .packing import checkpoint_bytes, save_bytes
+
+GiB = mem.GiB
+
+
+@dataclass
+class Step:
+    name: str
+    host: int  # peak bytes
+    device: int | None = None  # peak GPU bytes (None: nothing on a GPU)
+    disk: int = 0  # bytes this step leaves (or spills) on disk
+    terms: dict[str, int] = field(default_factory=dict)  # what the host peak is made of
+    problem: str | None = None  # why it cannot fit, and what would
+    warning: str | None = None
+
+
+@dataclass
+class Plan:
+    model: str
+    footprint: Footprint
+    machine: Machine
+    device: str
+    dtype: str
+    steps: list[Step]
+    disk_problem: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        out = [f"{s.name}: {s.problem}" for s in self.steps if s.problem]
+        return out + ([self.disk_problem] if self.disk_problem else [])
+
+    @property
+    def disk_total(self) -> int:
+        return sum(s.disk for s in self.steps)
+
+
+def gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def calibration_of(recipe) -> mem.Calibration | None:
+    c = recipe.calibration
+    if c is None:
+        return None
+    return mem.Calibration(c.n_samples, c.seqlen, 2 if c.activation_dtype == "bfloat16" else 4,
+                           c.activation_budget_mb << 20)
+
+
+def options_of(variant, calib: mem.Calibration | None) -> mem.QuantizeOptions:
+    chunk = getattr(variant, "max_chunk_memory_mb", 1024) << 20
+    samples = getattr(variant, "search_samples", None)
+    tokens = samples * calib.seqlen if (samples and calib) else None
+    return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens)
+
+
+def _dtype_bytes(dtype: str) -> int:
+    return 4 if dtype == "float32" else 2
+
+
+def quantize_step(fp: Footprint, model: nn.Module, variant, recipe, device: str, own_loader: bool) -> Step:
+    from ..quantize import METHODS
+
+    needs = METHODS[variant.method].needs_calibration
+    calib = calibration_of(recipe) if needs else None
+    method = "peer" if own_loader else variant.method
+    opts = options_of(variant, calib)
+    on_gpu = device.startswith("cuda")
+    terms = mem.quantize_host(fp, method, calib, opts, on_gpu=on_gpu, save_bytes=save_bytes(variant))
+    ckpt, _ = checkpoint_bytes(model, variant)
+    step = Step(f"quantize {variant.name}", mem.total(terms), disk=ckpt + mem.spill_bytes(fp, calib), terms=terms)
+    if on_gpu:
+        step.device = mem.total(mem.quantize_device(fp, method, calib, opts))
+    return step
+
+
+def eval_step(name: str, fp: Footprint, recipe, device: str, dtype: str, packed: int | None,
+              unpacked: int) -> Step:
+    ev = recipe.eval
+    d = _dtype_bytes(dtype)
+    checks = ev.check_windows > 0 and dtype != "float32" and not device.startswith("cuda")
+    load = 4 if checks else d
+    terms = mem.eval_terms(fp, packed, unpacked, load, d, ev.seqlen, ev.batch_size, ev.isolate)
+    step = Step(f"evaluate {name}", mem.total(terms), terms=terms)
+    if device.startswith("cuda"):  # loaded on the host at the compute dtype, then moved
+        gpu = {k: v for k, v in terms.items() if k != "process"}
+        step.device = mem.total({"CUDA context": mem.CUDA_CONTEXT_BYTES, **gpu})
+        weights = {k: v for k, v in terms.items() if k in ("weights", "packed weights", "embeddings, head, norms")}
+        step.host = mem.total({"process": terms["process"], **weights})
+    if checks:
+        lighter = mem.eval_terms(fp, packed, unpacked, d, d, ev.seqlen, ev.batch_size, ev.isolate)
+        step.terms["(eval.check_windows: 0 would need)"] = mem.total(lighter)
+    return step
+
+
+def serve_step(fp: Footprint, recipe, device: str, dtype: str, packed: int | None, unpacked: int,
+               name: str) -> Step:
+    """The built-in server: the checkpoint as the evaluation loads it, one request's window and
+    KV cache of serve.local.max_tokens; vLLM: serve.fit's arithmetic on the GPUs."""
+    local = recipe.serve.local
+    d = _dtype_bytes(dtype)
+    tokens = local.max_tokens + recipe.eval.latency.prompt_tokens
+    terms = mem.eval_terms(fp, packed, unpacked, d, d, tokens, 1, False)
+    terms["KV cache"] = mem.kv_cache_bytes(fp, tokens)
+    return Step(f"serve {name} (built-in server)", mem.total(terms), terms=terms)
+
+
+def check_fit(step: Step, machine: Machine, device: str, dtype: str) -> None:
+    """Set step.problem (cannot fit: host or GPU memory above what the machine has) or
+    step.warning (above what is free now)."""
+    reasons = []
+    if step.host > machine.ram_total:
+        reasons.append(f"needs ~{gib(step.host)} of host memory, this machine has {gib(machine.ram_total)}"
+                       + host_hint(step, device, dtype))
+    elif step.host > machine.ram_available:
+        step.warning = f"needs ~{gib(step.host)}; {gib(machine.ram_available)} is free now"
+    if step.device is not None:
+        if not machine.gpus:
+            reasons.append(f"needs a GPU with ~{gib(step.device)}; none is visible")
+        elif step.device > machine.gpus[0].total:
+            reasons.append(f"needs ~{gib(step.device)} of GPU memory, GPU 0 has {gib(machine.gpus[0].total)}; "
+                           f"a GPU with {gib(step.device)} would fit")
+    step.problem = "; and ".join(reasons) or None
+
+
+def host_hint(step: Step, device: str, dtype: str) -> str:
+    lighter = step.terms.get("(eval.check_windows: 0 would need)")
+    if lighter is not None:
+        return f"; with eval.check_windows: 0 it would need ~{gib(lighter)} (no float32 copy)"
+    if step.name.startswith(("evaluate", "serve")):
+        if dtype == "float32":
+            return "; model.dtype: bfloat16 would halve the weights"
+        return "; a machine with more memory (the weights are loaded on the host first)"
+    if step.name.startswith("quantize") and not device.startswith("cuda"):
+        return ("; lower calibration.activation_budget_mb or calibration.n_samples, "
+                "or quantize on a GPU (model.device: cuda)")
+    return ""
+
+
+def load_step(fp: Footprint, gguf: bool) -> Step:
+    """The tokenizer and skeleton; a GGUF source is first de-quantized whole to float32 and saved
+    as the run's base model (loading.materialize_base)."""
+    terms = {"process": mem.PROCESS_BYTES}
+    if not gguf:
+        return Step("load (tokenizer, skeleton)", mem.total(terms), terms=terms)
+    terms["de-quantized model (float32)"] = fp.total_params * 4
+    return Step("load (de-quantize the GGUF)", mem.total(terms), disk=fp.total_params * 4, terms=terms)
+
+
+def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, device: str,
+                dtype: str, stored: tuple[float, str, int] | None, gguf: bool = False) -> Plan:
+    """The steps of `recipe` for the (meta) `model` built from `config` on `machine`."""
+    from ..peers.run import loads_own_model
+    from .footprint import footprint
+
+    fp = footprint(model, config, *(stored or (None, None, None)))
+    steps = [load_step(fp, gguf)]
+    steps.append(eval_step("baseline", fp, recipe, device, dtype, None, fp.total_params))
+    largest: tuple[int, int, str] | None = None
+    for v in recipe.variants:
+        steps.append(quantize_step(fp, model, v, recipe, device, loads_own_model(v)))
+        ckpt, unpacked = checkpoint_bytes(model, v)
+        packed = ckpt - unpacked * save_bytes(v)
+        steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked))
+        if largest is None or ckpt > largest[0]:
+            largest = (ckpt, unpacked, v.name)
+    if recipe.serve.after_run != "none" and largest is not None:
+        ckpt, unpacked, name = largest
+        steps.append(serve_step(fp, recipe, device, dtype, ckpt - unpacked * 2, unpacked, name))
+    for s in steps:
+        check_fit(s, machine, device, dtype)
+    plan = Plan(label, fp, machine, device, dtype, steps)
+    if plan.disk_total > machine.disk_free:
+        plan.disk_problem = (f"disk: the run writes ~{gib(plan.disk_total)} (checkpoints and spilled activations), "
+                             f"the run directory's disk has {gib(machine.disk_free)} free")
+    return plan

@@ -1,0 +1,195 @@
+"""`llmquant plan`: figures for tiny, Llama-2-7B- and 70B-shaped models (config.json only)
+against arithmetic done by hand here, packed sizes against a checkpoint actually written, and
+a run that cannot fit stopping before anything is loaded."""
+
+import json
+import sqlite3
+
+import pytest
+from typer.testing import CliRunner
+
+from llmquant.cli import app
+from llmquant.plan import Machine, plan_for
+from llmquant.plan import memory as mem
+from llmquant.plan.packing import checkpoint_bytes
+from llmquant.serve.fit import GpuMemory
+
+GiB = 1 << 30
+runner = CliRunner()
+
+LLAMA2_7B = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096,
+             "intermediate_size": 11008, "num_hidden_layers": 32, "num_attention_heads": 32,
+             "num_key_value_heads": 32, "vocab_size": 32000, "max_position_embeddings": 4096,
+             "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "float16"}
+LLAMA2_70B = LLAMA2_7B | {"hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+                          "num_attention_heads": 64, "num_key_value_heads": 8}
+BOX_24 = Machine(ram_total=24 * GiB, ram_available=22 * GiB, disk_free=500 * GiB)
+
+
+def config_dir(tmp_path, cfg, name="m"):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def recipe(tmp_path, model_dir, variants, dtype="auto", device="cpu", calib="n_samples: 16, seqlen: 512",
+           eval_extra="", seqlen=2048):
+    from llmquant.recipe import load_recipe
+
+    p = tmp_path / "r.yaml"
+    p.write_text(f"model: {{source: {model_dir}, dtype: {dtype}, device: {device}}}\n"
+                 f"calibration: {{dataset: 'builtin:pydoc', {calib}}}\n"
+                 f"eval: {{dataset: 'builtin:pydoc', seqlen: {seqlen}, isolate: false{eval_extra}}}\n"
+                 f"variants: {variants}\n"
+                 f"output: {{dir: {tmp_path / 'run'}, board: {tmp_path / 'board.sqlite'}}}\n")
+    return load_recipe(p)
+
+
+def step(plan, name):
+    return next(s for s in plan.steps if s.name == name)
+
+
+def test_llama2_7b_footprint_and_gptq_checkpoint_by_hand(tmp_path):
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[{name: g, method: gptq, bits: 4, group_size: 128}]")
+    plan = plan_for(r, BOX_24)
+    fp = plan.footprint
+    assert fp.total_params == 6_738_415_616  # Llama-2-7B's published parameter count
+    assert fp.block_params == 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    assert (fp.embed_params, fp.head_params, fp.stored_bytes) == (32000 * 4096, 32000 * 4096, 2)
+    assert sorted(fp.distinct_inputs()) == [4096, 4096, 4096, 11008]
+    # GPTQ v1, W4 g128: qweight in*out/2, qzeros and fp16 scales per group of 128 rows, g_idx in*4
+    square = 4096 * 4096 // 2 + 32 * 4096 // 2 + 32 * 4096 * 2 + 4096 * 4
+    up = 4096 * 11008 // 2 + 32 * 11008 // 2 + 32 * 11008 * 2 + 4096 * 4
+    down = 11008 * 4096 // 2 + 86 * 4096 // 2 + 86 * 4096 * 2 + 11008 * 4
+    rest = 2 * 32000 * 4096 + 4096 + 32 * 2 * 4096  # embeddings, head, norms in fp16
+    assert step(plan, "quantize g").disk == 32 * (4 * square + 2 * up + down) + rest * 2
+    # GPTQ's working set at 16 x 512 tokens, float32 activations under the 4 GiB budget
+    tokens = 16 * 512
+    terms = step(plan, "quantize g").terms
+    assert terms["Hessians"] == (3 * 4096 ** 2 + 11008 ** 2) * 4
+    assert terms["solve (Cholesky, inverse)"] == 2 * 11008 ** 2 * 4
+    assert terms["parked batches"] == tokens * (4 * 4096 + 2 * 11008 + 4096 + 4 * 4096) * 4
+    assert terms["calibration activations"] == 2 * tokens * 4096 * 4
+    assert terms["block file pages"] == fp.block_params * 2 and terms["block float32"] == fp.block_params * 4
+    assert step(plan, "quantize g").host == int(sum(terms.values()) * mem.ALLOCATOR_SLACK)
+    # the figure measured for this shape (bench/results/scale-2026-12-03.md: 5.82 GiB) within 10 %
+    assert abs(step(plan, "quantize g").host / (5.82 * GiB) - 1) < 0.10
+    assert step(plan, "quantize g").problem is None and step(plan, "evaluate g").problem is None
+
+
+def test_activation_budget_bounds_the_gptq_estimate(tmp_path):
+    big = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[{name: g, method: gptq, bits: 4, group_size: 128}]",
+                 calib="n_samples: 128, seqlen: 2048, activation_budget_mb: 1024")
+    terms = step(plan_for(big, BOX_24), "quantize g").terms
+    assert terms["parked batches"] == terms["calibration activations"] == 1 << 30
+    # 128 x 2048 x 4096 x 4 bytes x 2 (in and out) = 8 GiB, of which 1 GiB stays in memory
+    assert step(plan_for(big, BOX_24), "quantize g").disk > 7 * GiB
+
+
+def test_baseline_eval_on_a_24_gb_cpu_box_names_what_would_fit(tmp_path):
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[]")
+    plan = plan_for(r, BOX_24)
+    base = step(plan, "evaluate baseline")
+    # bf16 on a CPU re-scores the first windows in float32: the model is loaded in float32 first
+    if plan.dtype == "bfloat16":
+        assert base.terms["weights"] == 6_738_415_616 * 4
+        assert base.problem and "eval.check_windows: 0" in base.problem
+    # the logits of one 2048-token window: compute dtype + float32 logits + float32 log-probs
+    d = 4 if plan.dtype == "float32" else 2
+    assert base.terms["logits and log-probabilities"] == 2048 * 32000 * (d + 8)
+    assert base.terms["attention scores"] == 32 * 2048 * 2048 * 4
+    r2 = recipe(tmp_path, tmp_path / "m", "[]", dtype="bfloat16", eval_extra=", check_windows: 0")
+    light = step(plan_for(r2, BOX_24), "evaluate baseline")
+    assert light.terms["weights"] == 6_738_415_616 * 2 and light.problem is None
+
+
+def test_llama2_70b_on_gpus(tmp_path):
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_70B),
+               "[{name: a, method: awq, bits: 4, group_size: 128}]", dtype="float16", device="cuda")
+    one_24 = Machine(ram_total=64 * GiB, ram_available=60 * GiB, disk_free=500 * GiB,
+                     gpus=(GpuMemory(24 * GiB, 24 * GiB),))
+    plan = plan_for(r, one_24)
+    fp = plan.footprint
+    assert fp.total_params == 68_976_648_192  # Llama-2-70B
+    q = step(plan, "quantize a")
+    assert q.device is not None and q.device < 24 * GiB  # one 70B block fits a 24 GB GPU
+    ev = step(plan, "evaluate baseline")  # 138 GB of fp16 weights do not
+    assert ev.device > 128 * GiB and "GPU" in ev.problem and "would fit" in ev.problem
+    assert "host memory" in step(plan, "evaluate baseline").problem  # nor in 64 GiB of RAM
+    packed = step(plan, "evaluate a")
+    assert packed.device < ev.device / 3
+    no_gpu = plan_for(r, BOX_24)
+    assert "none is visible" in step(no_gpu, "quantize a").problem
+
+
+def test_packed_size_matches_a_written_checkpoint(tmp_path, tiny_model_dir):
+    """The arithmetic against the tensors RTN actually writes (tiny Llama, W4 g32 and W8 g64)."""
+    from llmquant.loading import load_config, resolve_source
+    from llmquant.pipeline import run
+    from llmquant.preflight import meta_model
+    from llmquant.serve.artifact import _DTYPE_BYTES, numel, tensor_table
+
+    r = recipe(tmp_path, tiny_model_dir, "[{name: w4, method: rtn, bits: 4, group_size: 32}, "
+                                         "{name: w8, method: rtn, bits: 8, group_size: 64, sym: false}]",
+               dtype="float32", eval_extra=", max_windows: 1, latency: {enabled: false}", seqlen=64)
+    summary = run(r)
+    model = meta_model(load_config(resolve_source(str(tiny_model_dir), tmp_path)))
+    for v, o in zip(r.variants, summary.variants):
+        written = sum(numel(shape) * _DTYPE_BYTES[dt] for dt, shape in tensor_table(o.checkpoint).values())
+        assert checkpoint_bytes(model, v)[0] == written, v.name
+
+
+def test_run_that_cannot_fit_exits_2_before_loading(tmp_path):
+    """A 3.4-trillion-parameter config (no weights at all): the plan stops the run in one line,
+    before anything is read, and nothing reaches the board."""
+    huge = config_dir(tmp_path, LLAMA2_7B | {"hidden_size": 32768, "intermediate_size": 98304,
+                                            "num_hidden_layers": 260, "num_attention_heads": 256,
+                                            "num_key_value_heads": 256})
+    r = tmp_path / "huge.yaml"
+    r.write_text(f"model: {{source: {huge}, dtype: bfloat16, device: cpu}}\n"
+                 "eval: {dataset: 'builtin:pydoc', seqlen: 64, check_windows: 0}\n"
+                 "variants: [{name: a, method: rtn, bits: 4, group_size: 128}]\n"
+                 f"output: {{dir: {tmp_path / 'run'}, board: {tmp_path / 'board.sqlite'}}}\n")
+    res = runner.invoke(app, ["run", str(r)])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "will not fit this machine: evaluate baseline: needs ~" in errors[0] and str(r) in errors[0]
+    assert not (tmp_path / "board.sqlite").exists() or sqlite3.connect(tmp_path / "board.sqlite").execute(
+        "SELECT COUNT(*) FROM results").fetchone()[0] == 0
+    assert not (tmp_path / "run" / "variants").exists()
+    planned = runner.invoke(app, ["plan", str(r), "--format", "json"])
+    assert planned.exit_code == 2
+    doc = json.loads(planned.stdout[:planned.stdout.rindex("}") + 1])
+    assert doc["footprint"]["params"] > 3e12 and doc["problems"] and doc["estimates"] is True
+    assert {s["step"] for s in doc["steps"]} >= {"evaluate baseline", "quantize a", "evaluate a"}
+
+
+def test_plan_of_the_tiny_model_fits(tmp_path, tiny_model_dir):
+    r = recipe(tmp_path, tiny_model_dir, "[{name: w4, method: rtn, bits: 4, group_size: 32}]", dtype="float32")
+    res = runner.invoke(app, ["plan", str(r.path)])
+    assert res.exit_code == 0, res.output
+    assert "evaluate baseline" in res.output and "does not fit" not in res.output
+    bad = runner.invoke(app, ["plan", str(r.path), "--format", "xml"])
+    assert bad.exit_code == 2 and "--format: 'xml' is not allowed" in bad.output
+
+
+def test_every_method_has_a_working_set_or_is_planned_whole():
+    from llmquant.quantize import METHODS
+
+    for name, entry in METHODS.items():
+        assert (name in mem.WORKING_SETS) != entry.loads_own_model, name
+
+
+@pytest.mark.parametrize("offline", [True])
+def test_hub_id_offline_fails_in_one_line(tmp_path, monkeypatch, offline):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    r = tmp_path / "hub.yaml"
+    r.write_text("model: {source: someorg/not-cached-model}\n"
+                 "eval: {dataset: 'builtin:pydoc'}\n"
+                 f"output: {{dir: {tmp_path / 'run'}}}\n")
+    res = runner.invoke(app, ["plan", str(r)])
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert "someorg/not-cached-model" in errors[0] and "local directory" in errors[0]
