@@ -15,6 +15,7 @@ import resource
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from ..progress import NULL_PROGRESS, Progress
 from ..runs import read_json
 from .latency import measure_latency, prompts_from_stream
 from .protocols import Tensors, get_protocol, score, tensors_sha256
+from .upcast import float32_compute, stored_dtype
 from .results import EvalResult, Protocol
 
 
@@ -143,14 +145,19 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
     ids = tensors["input_ids"]
     protocol = protocol_for(job, tensors, device)  # refuses a corpus too short before loading anything
     check = min(job.check_windows, protocol.windows) if (job.dtype != "float32" and device == "cpu") else 0
+    # a checkpoint stored in one 16-bit dtype is loaded in it; its float32 check upcasts module by
+    # module (eval/upcast.py): no float32 copy of the model
+    stored = stored_dtype(Path(job.checkpoint)) if check else None
+    load_dtype = job.dtype if not check else ("float32" if stored is None else str(stored).removeprefix("torch."))
     t0 = time.perf_counter()
-    model, tokenizer, info = load_checkpoint(Path(job.checkpoint), "float32" if check else job.dtype, device,
-                                             job.trust_remote_code, job.compile_kernels)
+    model, tokenizer, info = load_checkpoint(Path(job.checkpoint), load_dtype, device, job.trust_remote_code,
+                                             job.compile_kernels)
     t_load = time.perf_counter() - t0
     check_result = None
     if check:
         # the same first windows (documents for lm-eval-word) in float32, then in the compute dtype
-        ref = score(job.protocol, model, tensors, job.seqlen, check, job.batch_size, device, progress)
+        with float32_compute(model) if stored is not None else nullcontext():
+            ref = score(job.protocol, model, tensors, job.seqlen, check, job.batch_size, device, progress)
         cast_model(model, DTYPES[job.dtype])
         fast = score(job.protocol, model, tensors, job.seqlen, check, job.batch_size, device, progress)
         diff = (fast.ppl / ref.ppl - 1.0) * 100.0

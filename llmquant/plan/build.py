@@ -69,6 +69,14 @@ def options_of(variant, calib: mem.Calibration | None) -> mem.QuantizeOptions:
     return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens)
 
 
+def saved_dtype(variant, fp: Footprint) -> str:
+    """The dtype a quantized checkpoint keeps its dense tensors in (formats/checkpoint.save_dtype)."""
+    choice = getattr(variant, "save_dtype", "auto")
+    if choice != "auto":
+        return choice
+    return "bfloat16" if fp.stored_dtype == "bfloat16" else "float16"
+
+
 def _dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
@@ -90,10 +98,13 @@ def quantize_step(fp: Footprint, model: nn.Module, variant, recipe, device: str,
 
 
 def eval_step(name: str, fp: Footprint, recipe, device: str, dtype: str, packed: int | None,
-              unpacked: int) -> Step:
+              unpacked: int, stored: str) -> Step:
+    """`stored`: the dtype of the checkpoint's dense tensors. A 16-bit CPU evaluation re-scores its
+    first windows in float32: from a float32 copy of the model unless the checkpoint is stored in
+    one 16-bit dtype (then module by module: eval/upcast.py)."""
     ev = recipe.eval
     d = _dtype_bytes(dtype)
-    checks = ev.check_windows > 0 and dtype != "float32" and not device.startswith("cuda")
+    checks = ev.check_windows > 0 and dtype != "float32" and not device.startswith("cuda") and stored == "float32"
     load = 4 if checks else d
     terms = mem.eval_terms(fp, packed, unpacked, load, d, ev.seqlen, ev.batch_size, ev.isolate)
     step = Step(f"evaluate {name}", mem.total(terms), terms=terms)
@@ -170,18 +181,18 @@ def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, 
 
     fp = footprint(model, config, *(stored or (None, None, None)))
     steps = [load_step(fp, gguf)]
-    steps.append(eval_step("baseline", fp, recipe, device, dtype, None, fp.total_params))
+    steps.append(eval_step("baseline", fp, recipe, device, dtype, None, fp.total_params, fp.stored_dtype))
     largest: tuple[int, int, str] | None = None
     for v in recipe.variants:
         steps.append(quantize_step(fp, model, v, recipe, device, loads_own_model(v)))
-        ckpt, unpacked = checkpoint_bytes(model, v)
-        packed = ckpt - unpacked * save_bytes(v)
-        steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked))
-        if largest is None or ckpt > largest[0]:
-            largest = (ckpt, unpacked, v.name)
+        held, unpacked = checkpoint_bytes(model, v, resident=True)
+        packed = held - unpacked * save_bytes(v)
+        steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked, saved_dtype(v, fp)))
+        if largest is None or packed > largest[0]:
+            largest = (packed, unpacked, v.name)
     if recipe.serve.after_run != "none" and largest is not None:
-        ckpt, unpacked, name = largest
-        steps.append(serve_step(fp, recipe, device, dtype, ckpt - unpacked * 2, unpacked, name))
+        packed, unpacked, name = largest
+        steps.append(serve_step(fp, recipe, device, dtype, packed, unpacked, name))
     for s in steps:
         check_fit(s, machine, device, dtype)
     plan = Plan(label, fp, machine, device, dtype, steps)

@@ -23,9 +23,10 @@ Quantizing (llmquant's own methods; one block resident, quantize/lazy.py):
   model in its stored dtype plus a float32 copy of the largest Linear.
 
 Evaluating: the process (twice with `eval.isolate`: the parent and the worker), the weights as
-loaded (float32 first when a 16-bit CPU evaluation re-scores `eval.check_windows` in float32,
-else the compute dtype; packed checkpoints: the packed tensors as stored plus the rest at that
-dtype), the dequantized copy of the largest Linear, and one window: logits in the compute dtype
+loaded (float32 when a 16-bit CPU evaluation re-scores `eval.check_windows` in float32 and the
+checkpoint is stored in float32; else 16-bit: eval/upcast.py; packed checkpoints: the packed
+tensors as stored plus the rest at that dtype, and the int32 integers of the layer being
+unpacked at load), the dequantized copy of the largest Linear, and one window: logits in the compute dtype
 and in float32 and the cross-entropy's float32 log-probabilities (vocab x tokens x (d + 8)),
 hidden states and MLP activations in float32, attention scores (heads x tokens^2 x 4).
 
@@ -182,6 +183,7 @@ def eval_terms(fp: Footprint, packed_bytes: int | None, unpacked_params: int, lo
         t["packed weights"] = packed_bytes
         t["embeddings, head, norms"] = unpacked_params * load_bytes
         t["dequantized Linear"] = fp.largest_linear * dtype_bytes
+        t["unpacking one layer (int32, reordered)"] = fp.largest_linear * 4 * 2
     t.update(window_terms(fp, tokens, batch, dtype_bytes))
     return t
 

@@ -31,13 +31,22 @@ def bnb_bytes(in_f: int, out_f: int, mode: str, double_quant: bool) -> int:
     return n // 2 + absmax
 
 
+def resident_bytes(in_f: int, out_f: int, bits: int, group: int) -> int:
+    """What formats/qlinear.QuantLinear keeps for one layer: 4-bit bytes in torch's int4 layout for
+    bits <= 4 (one copy), one byte per weight above; per group fp32 scale/zero pairs for the int4
+    kernel, fp16 scales and uint8 zeros for the dense path; int32 g_idx."""
+    n = 1 if group == -1 else math.ceil(in_f / group)
+    weights = in_f * out_f // 2 if bits <= 4 else in_f * out_f
+    return weights + n * out_f * (8 + 2 + 1) + in_f * 4
+
+
 def save_bytes(variant) -> int:
     return 4 if getattr(variant, "save_dtype", "auto") == "float32" else 2
 
 
-def checkpoint_bytes(model: nn.Module, variant) -> tuple[int, int]:
+def checkpoint_bytes(model: nn.Module, variant, resident: bool = False) -> tuple[int, int]:
     """(bytes of the checkpoint's tensors, parameters left unquantized) for `variant` on `model`
-    (a meta skeleton)."""
+    (a meta skeleton); `resident`: the quantized layers as loaded for computing instead."""
     params = {id(p): p.numel() for p in model.parameters()}  # tied weights once
     unquantized = sum(params.values())
     packed = 0
@@ -54,6 +63,7 @@ def checkpoint_bytes(model: nn.Module, variant) -> tuple[int, int]:
 
     fmt = PACKED.get(variant.method, "gptq-v1")
     for lin, s in target_linears(model, variant).values():
-        packed += grouped_bytes(lin.in_features, lin.out_features, s.bits, s.group_size, fmt == "gptq-v1")
+        packed += (resident_bytes(lin.in_features, lin.out_features, s.bits, s.group_size) if resident else
+                   grouped_bytes(lin.in_features, lin.out_features, s.bits, s.group_size, fmt == "gptq-v1"))
         unquantized -= lin.weight.numel()
     return packed + unquantized * save_bytes(variant), unquantized

@@ -79,3 +79,66 @@ def test_protocol_known_before_running(tiny_model_dir, tokens_file):
     j = job(tiny_model_dir, tokens_file, "float32")
     p = protocol_for(j, load_file(str(tokens_file))["input_ids"], "cpu")
     assert p == evaluate_checkpoint(j).protocol
+
+
+@pytest.fixture(scope="module")
+def bf16_dirs(tmp_path_factory, tiny_model_dir):
+    """The tiny model stored in bfloat16 and in float16."""
+    import shutil
+
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("16bit")
+    out = {}
+    for dtype in (torch.bfloat16, torch.float16):
+        d = out[dtype] = root / str(dtype)
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).save_pretrained(d)
+        for f in tiny_model_dir.iterdir():
+            if "token" in f.name:
+                shutil.copy(f, d / f.name)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dense-bf16", "dense-fp16", "rtn-bf16"])
+def test_float32_check_without_a_float32_copy_gives_the_same_numbers(bf16_dirs, tokens_file, tmp_path,
+                                                                    monkeypatch, kind):
+    """A checkpoint stored in one 16-bit dtype is loaded in it; the float32 check upcasts module by
+    module, then the model is cast to the compute dtype (bf16). The same figures as loading it in
+    float32 first (the path for other checkpoints)."""
+    import llmquant.eval.evaluate as ev
+    from llmquant.eval.upcast import stored_dtype
+
+    stored = torch.float16 if kind.endswith("fp16") else torch.bfloat16
+    ckpt = bf16_dirs[stored]
+    if kind.startswith("rtn"):
+        from transformers import AutoTokenizer
+
+        from llmquant.quantize.base import QuantizeContext
+        from llmquant.quantize.lazy import lazy_model
+        from llmquant.quantize.rtn import RTNQuantizer
+        from llmquant.recipe import RTNVariant
+
+        src = ckpt
+        model, blocks = lazy_model(src)
+        v = RTNVariant(name="w4", method="rtn", bits=4, group_size=32, save_dtype="bfloat16")
+        ckpt = tmp_path / "w4"
+        ckpt.mkdir()
+        RTNQuantizer().quantize(model, v, None, ckpt, QuantizeContext(
+            device="cpu", tokenizer=AutoTokenizer.from_pretrained(src), blocks=blocks, model_dir=src))
+    assert stored_dtype(ckpt) == stored
+    import llmquant.formats.load as fl
+
+    loads, real_load = [], fl.load_checkpoint
+
+    def spy(path, dtype, *a, **kw):
+        loads.append(dtype)
+        return real_load(path, dtype, *a, **kw)
+
+    monkeypatch.setattr(fl, "load_checkpoint", spy)
+    j = job(ckpt, tokens_file, "bfloat16", check_windows=2, check_tolerance_pct=5.0)
+    new = evaluate_checkpoint(j)
+    monkeypatch.setattr(ev, "stored_dtype", lambda *a: None)
+    old = evaluate_checkpoint(j)
+    assert loads == [str(stored).removeprefix("torch."), "float32"]
+    assert new.check == old.check and new.ppl == old.ppl
+    assert new.check["ppl_float32"] != new.check["ppl_bfloat16"]  # the check did compute in float32

@@ -87,21 +87,25 @@ def test_activation_budget_bounds_the_gptq_estimate(tmp_path):
     assert step(plan_for(big, BOX_24), "quantize g").disk > 7 * GiB
 
 
-def test_baseline_eval_on_a_24_gb_cpu_box_names_what_would_fit(tmp_path):
-    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[]")
-    plan = plan_for(r, BOX_24)
-    base = step(plan, "evaluate baseline")
-    # bf16 on a CPU re-scores the first windows in float32: the model is loaded in float32 first
-    if plan.dtype == "bfloat16":
-        assert base.terms["weights"] == 6_738_415_616 * 4
-        assert base.problem and "eval.check_windows: 0" in base.problem
-    # the logits of one 2048-token window: compute dtype + float32 logits + float32 log-probs
-    d = 4 if plan.dtype == "float32" else 2
-    assert base.terms["logits and log-probabilities"] == 2048 * 32000 * (d + 8)
+def test_baseline_eval_on_a_24_gb_cpu_box(tmp_path):
+    """bf16 on a CPU re-scores the first windows in float32: a checkpoint stored in 16 bits is
+    loaded in 16 bits (the check upcasts module by module); one stored in float32 needs its float32
+    copy, which does not fit 24 GiB: the problem says what would."""
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[]", dtype="bfloat16")
+    base = step(plan_for(r, BOX_24), "evaluate baseline")
+    assert base.terms["weights"] == 6_738_415_616 * 2 and base.problem is None
+    # one 2048-token window: bf16 logits + float32 logits + float32 log-probs; attention scores
+    assert base.terms["logits and log-probabilities"] == 2048 * 32000 * (2 + 8)
     assert base.terms["attention scores"] == 32 * 2048 * 2048 * 4
-    r2 = recipe(tmp_path, tmp_path / "m", "[]", dtype="bfloat16", eval_extra=", check_windows: 0")
-    light = step(plan_for(r2, BOX_24), "evaluate baseline")
-    assert light.terms["weights"] == 6_738_415_616 * 2 and light.problem is None
+    assert base.terms["hidden and MLP activations"] == 2048 * (4 * 4096 + 3 * 11008) * 4
+
+    fp32 = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B | {"torch_dtype": "float32"}, "m32"), "[]",
+                  dtype="bfloat16")
+    heavy = step(plan_for(fp32, BOX_24), "evaluate baseline")
+    assert heavy.terms["weights"] == 6_738_415_616 * 4
+    assert "needs ~" in heavy.problem and "eval.check_windows: 0 it would need" in heavy.problem
+    light = recipe(tmp_path, tmp_path / "m32", "[]", dtype="bfloat16", eval_extra=", check_windows: 0")
+    assert step(plan_for(light, BOX_24), "evaluate baseline").problem is None
 
 
 def test_llama2_70b_on_gpus(tmp_path):
