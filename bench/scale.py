@@ -3,6 +3,7 @@
     PYTHONPATH=. python bench/scale.py                                   # 2, 4, 8 layers x rtn, gptq, awq
     PYTHONPATH=. python bench/scale.py --layers 2 8 --methods rtn gptq   # fewer runs
     PYTHONPATH=. python bench/scale.py --runs rtn:2,8 gptq:2,8 awq:2      # per method
+    PYTHONPATH=. python bench/scale.py --runs rtn:8 --eval                # also evaluate each checkpoint
 
 Models: synthetic Llamas with the layer shapes of Llama-2-7B (hidden 4096, intermediate 11008,
 32 heads, 32 KV heads), random weights (normal, std 0.02; norms 1) stored in bf16 as a sharded
@@ -116,6 +117,65 @@ def child(args: argparse.Namespace) -> None:
     print("RESULT " + json.dumps(m))
 
 
+EVAL_SEQLEN, EVAL_WINDOWS = 2048, 2
+
+
+def eval_child(args: argparse.Namespace) -> None:
+    """One evaluation (bf16 where this CPU has it, the float32 check of the first window, two
+    2048-token windows), in this process; prints the process's peak RSS as JSON."""
+    from llmquant.eval.evaluate import EvalJob, evaluate_checkpoint
+    from llmquant.loading import resolve_dtype
+
+    job = EvalJob(checkpoint=args.model, tokens_path=args.tokens, corpus="wikitext-2 valid", corpus_sha256="-",
+                  seqlen=EVAL_SEQLEN, max_windows=EVAL_WINDOWS, dtype=resolve_dtype("auto", "cpu"), device="cpu",
+                  check_windows=1, check_tolerance_pct=100.0)
+    r = evaluate_checkpoint(job)
+    print("RESULT " + json.dumps({"eval_peak_rss_bytes": r.peak_rss_bytes, "weights_bytes": r.weights_bytes,
+                                  "eval_seconds": r.seconds["total"], "dtype": job.dtype}))
+
+
+def eval_tokens(work: Path, tokenizer_dir: Path) -> Path:
+    import torch
+    from safetensors.torch import save_file
+
+    from llmquant.loading import load_tokenizer
+
+    path = work / "eval-tokens.safetensors"
+    if not path.exists():
+        ids = load_tokenizer(tokenizer_dir)(WIKI_VALID.read_text()).input_ids[: EVAL_SEQLEN * EVAL_WINDOWS + 1]
+        save_file({"input_ids": torch.tensor([ids])}, str(path))
+    return path
+
+
+def evaluate_one(checkpoint: Path, tokens: Path) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--eval-child", "--model", str(checkpoint),
+           "--tokens", str(tokens)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if proc.returncode != 0 or line is None:
+        raise SystemExit(f"evaluating {checkpoint} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(line[len("RESULT "):])
+
+
+def planned(model: Path, method: str, args) -> dict:
+    """What `llmquant plan` estimates for this run's quantize and evaluate steps (this machine)."""
+    import tempfile
+
+    from llmquant.plan import plan_for
+    from llmquant.recipe import load_recipe
+
+    with tempfile.TemporaryDirectory() as d:
+        r = Path(d) / "r.yaml"
+        r.write_text(f"model: {{source: {model}, dtype: auto, device: {args.device}}}\n"
+                     f"calibration: {{dataset: 'builtin:pydoc', n_samples: {args.n_samples}, seqlen: {args.seqlen}}}\n"
+                     f"eval: {{dataset: 'builtin:pydoc', seqlen: {EVAL_SEQLEN}, check_windows: 1, isolate: false}}\n"
+                     f"variants: [{{name: v, method: {method}, bits: 4, group_size: 128}}]\n"
+                     f"output: {{dir: {d}/run}}\n")
+        steps = {s.name: s.host for s in plan_for(load_recipe(r)).steps}
+    return {"planned_quantize_bytes": steps["quantize v"], "planned_eval_bytes": steps["evaluate v"],
+            "planned_baseline_eval_bytes": steps["evaluate baseline"]}
+
+
 def run_one(model: Path, method: str, out: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", str(model), "--method", method,
            "--out", str(out), "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
@@ -162,18 +222,32 @@ def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
              "- peak RSS: VmHWM of the quantizing process, reset when the quantize step starts (the "
              "process has imported torch/transformers and built the meta skeleton by then)",
              "- the load average above was taken at the end: well above 2 means other work shared the 2 cores "
-             "and the times are indicative", "",
-             "| method | layers | quantize s | s / block (median) | peak RSS GiB | checkpoint GiB |",
-             "|---|---|---|---|---|---|"]
-    for method, rows in results.items():
+             "and the times are indicative",
+             "- planned: what `llmquant plan` estimates for the same step on this machine (llmquant/plan/memory.py)",
+             "",
+             "| method | layers | quantize s | s / block (median) | peak RSS GiB | planned GiB | checkpoint GiB |",
+             "|---|---|---|---|---|---|---|"]
+    quantized = {m: rows for m, rows in results.items() if not m.startswith("dense")}
+    for method, rows in quantized.items():
         for n, r in sorted(rows.items()):
             med = statistics.median(r["block_seconds"]) if r["block_seconds"] else float("nan")
+            plan = gb(r["planned_quantize_bytes"]) if "planned_quantize_bytes" in r else "-"
             lines.append(f"| {method} | {n} | {r['quantize_seconds']:.1f} | {med:.1f} | "
-                         f"{gb(r['quantize_peak_rss_bytes'])} | {gb(r['checkpoint_bytes'])} |")
+                         f"{gb(r['quantize_peak_rss_bytes'])} | {plan} | {gb(r['checkpoint_bytes'])} |")
+    evals = [(m, n, r) for m, rows in results.items() for n, r in sorted(rows.items()) if "eval_peak_rss_bytes" in r]
+    if evals:
+        lines += ["", f"## Evaluating the checkpoints ({EVAL_WINDOWS} windows of {EVAL_SEQLEN} tokens, "
+                  f"{evals[0][2]['dtype']}, the float32 check of the first window; each in its own process)", "",
+                  "| checkpoint | layers | eval peak RSS GiB (whole process) | planned GiB | weights as loaded GiB | "
+                  "eval s |", "|---|---|---|---|---|---|"]
+        for m, n, r in evals:
+            plan = r["planned_baseline_eval_bytes"] if m.startswith("dense") else r["planned_eval_bytes"]
+            lines.append(f"| {m} | {n} | {gb(r['eval_peak_rss_bytes'])} | {gb(plan)} | {gb(r['weights_bytes'])} | "
+                         f"{r['eval_seconds']:.0f} |")
     lines += ["", "## Depth and the 32-layer (7B) projection", "",
               "| method | peak(max layers) / peak(min layers) | growth per layer MB | projected 7B peak GiB | "
               "projected 7B quantize time |", "|---|---|---|---|---|"]
-    for method, rows in results.items():
+    for method, rows in quantized.items():
         if len(rows) < 2:
             continue
         lo, hi = min(rows), max(rows)
@@ -187,6 +261,10 @@ def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--child", action="store_true")
+    ap.add_argument("--eval-child", action="store_true")
+    ap.add_argument("--tokens")
+    ap.add_argument("--eval", action="store_true", help="also evaluate each checkpoint (and the dense model) in its "
+                    "own process: peak RSS against the plan's estimate")
     ap.add_argument("--model")
     ap.add_argument("--method")
     ap.add_argument("--out")
@@ -201,6 +279,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.child:
         return child(args)
+    if args.eval_child:
+        return eval_child(args)
     from llmquant.runs import atomic_write_text
 
     started = time.strftime("%H:%M UTC", time.gmtime())
@@ -212,11 +292,18 @@ def main() -> None:
         plan = {r.split(":")[0]: [int(x) for x in r.split(":")[1].split(",")] for r in args.runs}
         args.methods, args.layers = list(plan), sorted({n for ns in plan.values() for n in ns})
     results: dict[str, dict[int, dict]] = {m: {} for m in plan}
+    tokens = eval_tokens(work, tokenizer_dir) if args.eval else None
     for n in sorted({n for ns in plan.values() for n in ns}):
         model = synthetic_llama(work / f"llama7b-shape-{n}l", n, tokenizer_dir)
+        if args.eval:
+            base = evaluate_one(model, tokens)
+            results.setdefault("dense (baseline)", {})[n] = base | planned(model, "rtn", args)
+            print(f"dense {n} layers: eval peak {base['eval_peak_rss_bytes'] / 2**30:.2f} GiB", flush=True)
         for method in [m for m in plan if n in plan[m]]:
             out = work / f"q-{method}-{n}l"
-            r = run_one(model, method, out, args)
+            r = run_one(model, method, out, args) | planned(model, method, args)
+            if args.eval:
+                r |= evaluate_one(out, tokens)
             results[method][n] = r
             print(f"{method} {n} layers: {r['quantize_seconds']:.0f} s, peak {r['quantize_peak_rss_bytes'] / 2**30:.2f} GiB, "
                   f"blocks {r['block_seconds']}", flush=True)
