@@ -204,7 +204,13 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s)
 @app.command()
 @handle_errors
 def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
-         format: str = typer.Option("table", "--format", help="table | json")) -> None:
+         format: str = typer.Option("table", "--format", help="table | json"),
+         source: Optional[str] = typer.Option(None, "--source", help="plan for this model instead of the recipe's "
+                                              "model.source (e.g. a directory holding only config.json)"),
+         device: Optional[str] = typer.Option(None, "--device", help="plan for this model.device (cpu | cuda)"),
+         ram_gib: Optional[float] = typer.Option(None, "--ram-gib", help="plan for a machine with this much RAM"),
+         gpu_gib: Optional[list[float]] = typer.Option(None, "--gpu-gib", help="plan for GPUs of this size "
+                                                       "(repeat for several)")) -> None:
     """Will the recipe fit this machine? Estimated peak host memory, GPU memory and disk of each
     step (load, quantize and evaluate each variant, serve), from the model's config.json and
     tensor headers only: no weights are read, so a directory with just the config plans a model
@@ -223,7 +229,13 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     r = load_recipe(recipe)
     if getattr(r, "kind", None) == "classic":
         raise UserError(f"{recipe}: plan covers LLM recipes; classic (CNN/BERT) models fit any machine that runs them")
-    p = plan_for(r)
+    if device not in (None, "cpu", "cuda"):
+        raise UserError(f"--device: {device!r} is not allowed; use cpu or cuda")
+    changes = {k: v for k, v in (("source", source), ("device", device)) if v}
+    if changes:
+        r = r.model_copy(update={"model": r.model.model_copy(update=changes)})
+        r._path = recipe
+    p = plan_for(r, machine_for(r, ram_gib, gpu_gib))
     if format == "json":
         typer.echo(json.dumps(render_json(p), indent=2))
     else:
@@ -233,6 +245,28 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         err_console.print(f"[bold red]error:[/] {recipe}: will not fit this machine: {p.problems[0]}",
                           highlight=False, soft_wrap=True)
         raise typer.Exit(2)
+
+
+def machine_for(recipe, ram_gib: float | None, gpu_gib: list[float] | None):
+    """This machine, or a described one (`--ram-gib`, `--gpu-gib`): None when neither is given."""
+    if ram_gib is None and not gpu_gib:
+        return None
+    from dataclasses import replace
+
+    from .plan import this_machine
+    from .serve.fit import GpuMemory
+
+    here = this_machine(recipe.run_dir(), False)
+    m = here
+    if ram_gib is not None:
+        if ram_gib <= 0:
+            raise UserError(f"--ram-gib: {ram_gib:g} must be positive")
+        m = replace(m, ram_total=int(ram_gib * (1 << 30)), ram_available=int(ram_gib * (1 << 30)), cpu="(described)")
+    if gpu_gib:
+        if any(g <= 0 for g in gpu_gib):
+            raise UserError("--gpu-gib: sizes must be positive")
+        m = replace(m, gpus=tuple(GpuMemory(int(g * (1 << 30)), int(g * (1 << 30))) for g in gpu_gib))
+    return m
 
 
 @app.command("eval")
