@@ -197,3 +197,26 @@ def test_hub_id_offline_fails_in_one_line(tmp_path, monkeypatch, offline):
     errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
     assert res.exit_code == 2 and len(errors) == 1, res.output
     assert "someorg/not-cached-model" in errors[0] and "local directory" in errors[0]
+
+
+def test_plan_for_another_model_and_machine_from_the_command_line(tmp_path):
+    """--source plans a config-only directory; --ram-gib/--gpu-gib/--device describe the machine."""
+    cfg = config_dir(tmp_path, LLAMA2_7B, "llama")
+    r = tmp_path / "r.yaml"
+    r.write_text("model: {source: someorg/not-here, dtype: float16, device: cuda}\n"
+                 "calibration: {dataset: 'builtin:pydoc', n_samples: 16, seqlen: 512}\n"
+                 "eval: {dataset: 'builtin:pydoc', seqlen: 2048}\n"
+                 "variants: [{name: g, method: gptq, bits: 4, group_size: 128}]\n"
+                 f"output: {{dir: {tmp_path / 'run'}}}\n")
+    big = runner.invoke(app, ["plan", str(r), "--source", str(cfg), "--ram-gib", "32", "--gpu-gib", "24",
+                              "--format", "json"])
+    assert big.exit_code == 0, big.output
+    doc = json.loads(big.stdout[:big.stdout.rindex("}") + 1])
+    assert doc["machine"]["ram_total_bytes"] == 32 * GiB and doc["machine"]["gpus"][0]["total_bytes"] == 24 * GiB
+    assert doc["device"] == "cuda" and doc["footprint"]["params"] == 6_738_415_616
+    small = runner.invoke(app, ["plan", str(r), "--source", str(cfg), "--gpu-gib", "4"])
+    assert small.exit_code == 2 and "a GPU with" in small.output
+    cpu = runner.invoke(app, ["plan", str(r), "--source", str(cfg), "--device", "cpu", "--ram-gib", "4"])
+    assert cpu.exit_code == 2 and "this machine has 4.0 GiB" in cpu.output
+    bad = runner.invoke(app, ["plan", str(r), "--source", str(cfg), "--device", "tpu"])
+    assert bad.exit_code == 2 and "--device: 'tpu' is not allowed" in bad.output
