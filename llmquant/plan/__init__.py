@@ -14,7 +14,8 @@ from .build import Plan, Step, plan_recipe
 from .machine import Machine, this_machine
 from .render import render_json, render_text
 
-__all__ = ["Plan", "Step", "Machine", "plan_for", "plan_from_config", "render_json", "render_text", "hub_config"]
+__all__ = ["Plan", "Step", "Machine", "checkpoint_estimate", "plan_for", "plan_from_config", "render_json",
+           "render_text", "hub_config", "this_machine"]
 
 
 def hub_config(hub_id: str, revision: str | None, trust_remote_code: bool):
@@ -49,6 +50,30 @@ def plan_from_config(recipe, label: str, config, model, source_dir: Path | None,
         stored = (4.0, "float32", None)
     return plan_recipe(recipe, label, config, model, machine, device, resolve_dtype(recipe.model.dtype, device),
                        stored, gguf)
+
+
+def checkpoint_estimate(checkpoint: Path, dtype: str, tokens: int, trust_remote_code: bool = False) -> Step:
+    """The built-in server's (or an evaluation's) peak for a checkpoint on disk, by plan's
+    arithmetic: packed tensors as stored, the rest at `dtype`, one request of `tokens`."""
+    from transformers import AutoConfig
+
+    from ..eval.upcast import PACKED_SUFFIXES
+    from ..preflight import meta_model
+    from ..serve.artifact import _DTYPE_BYTES, numel, tensor_table
+    from . import memory as mem
+    from .build import _dtype_bytes
+    from .footprint import footprint, stored_from_headers
+
+    config = AutoConfig.from_pretrained(checkpoint, trust_remote_code=trust_remote_code)
+    if hasattr(config, "quantization_config"):
+        delattr(config, "quantization_config")
+    table = tensor_table(Path(checkpoint))
+    packed = sum(numel(shape) * _DTYPE_BYTES.get(dt, 4) for name, (dt, shape) in table.items()
+                 if name.endswith(PACKED_SUFFIXES))
+    dense = sum(numel(shape) for name, (dt, shape) in table.items() if not name.endswith(PACKED_SUFFIXES))
+    fp = footprint(meta_model(config), config, *(stored_from_headers(Path(checkpoint)) or (None, None, None)))
+    terms = mem.local_serve_terms(fp, packed if packed else None, dense, _dtype_bytes(dtype), tokens)
+    return Step(f"serve {Path(checkpoint).name}", mem.total(terms), terms=terms)
 
 
 def plan_for(recipe, machine: Machine | None = None) -> Plan:

@@ -28,6 +28,7 @@ class Step:
     terms: dict[str, int] = field(default_factory=dict)  # what the host peak is made of
     problem: str | None = None  # why it cannot fit, and what would
     warning: str | None = None
+    note: str | None = None
 
 
 @dataclass
@@ -120,21 +121,57 @@ def eval_step(name: str, fp: Footprint, recipe, device: str, dtype: str, packed:
 
 
 def serve_step(fp: Footprint, recipe, device: str, dtype: str, packed: int | None, unpacked: int,
-               name: str) -> Step:
-    """The built-in server: the checkpoint as the evaluation loads it, one request's window and
-    KV cache of serve.local.max_tokens; vLLM: serve.fit's arithmetic on the GPUs."""
-    local = recipe.serve.local
-    d = _dtype_bytes(dtype)
-    tokens = local.max_tokens + recipe.eval.latency.prompt_tokens
-    terms = mem.eval_terms(fp, packed, unpacked, d, d, tokens, 1, False)
-    terms["KV cache"] = mem.kv_cache_bytes(fp, tokens)
+               ckpt: int, name: str, machine: Machine) -> Step:
+    """Serving the largest variant: the built-in server as the evaluation loads it, with one
+    request of serve.local.max_tokens; vLLM (engine vllm, or auto on a GPU with vLLM installed):
+    serve/fit.py's arithmetic on the machine's GPUs, the same as `llmquant serve`'s fit check."""
+    if vllm_engine(recipe, device):
+        return vllm_step(fp, recipe, ckpt, name, machine)
+    tokens = recipe.serve.local.max_tokens + recipe.eval.latency.prompt_tokens
+    terms = mem.local_serve_terms(fp, packed, unpacked, _dtype_bytes(dtype), tokens)
     return Step(f"serve {name} (built-in server)", mem.total(terms), terms=terms)
+
+
+def vllm_engine(recipe, device: str) -> bool:
+    import importlib.util
+
+    engine = recipe.serve.engine
+    return engine == "vllm" or (engine == "auto" and device.startswith("cuda")
+                                and importlib.util.find_spec("vllm") is not None)
+
+
+VLLM_HOST_BYTES = 4 * GiB  # the vLLM server process on the host (an allowance, not measured here)
+
+
+def vllm_step(fp: Footprint, recipe, ckpt: int, name: str, machine: Machine) -> Step:
+    from ..errors import UserError
+    from ..serve.fit import GpuMemory, ModelShape, WeightBytes, plan_fit
+    from ..serve.vllm import fit_request, gpus_for
+
+    spec = recipe.serve.vllm
+    outer = fp.embed_params * 2 + fp.head_params * 2 + fp.other_params * 2
+    per_layer = max(0, ckpt - outer) // fp.layers
+    shape = ModelShape(fp.layers, fp.heads, fp.kv_heads, fp.head_dim, fp.hidden, fp.intermediate, fp.vocab,
+                       fp.max_positions, fp.head_params == 0)
+    weights = WeightBytes(fp.embed_params * 2, fp.head_params * 2, fp.other_params * 2, (per_layer,) * fp.layers)
+    step = Step(f"serve {name} (vLLM)", mem.total({"vLLM process": VLLM_HOST_BYTES}),
+                terms={"vLLM process": VLLM_HOST_BYTES})
+    gpus = gpus_for(spec, [GpuMemory(g.total, g.free) for g in machine.gpus])
+    try:
+        fit = plan_fit(shape, weights, gpus, fit_request(spec, 2))
+    except UserError as e:
+        step.problem = str(e)
+        return step
+    worst = fit.worst
+    step.device = worst.weights + worst.overhead + fit.kv_needed(worst)
+    step.note = "vLLM fit: " + fit.describe()
+    return step
 
 
 def check_fit(step: Step, machine: Machine, device: str, dtype: str) -> None:
     """Set step.problem (cannot fit: host or GPU memory above what the machine has) or
     step.warning (above what is free now)."""
-    reasons = []
+    reasons = [step.problem] if step.problem else []
     if step.host > machine.ram_total:
         reasons.append(f"needs ~{gib(step.host)} of host memory, this machine has {gib(machine.ram_total)}"
                        + host_hint(step, device, dtype))
@@ -143,7 +180,7 @@ def check_fit(step: Step, machine: Machine, device: str, dtype: str) -> None:
     if step.device is not None:
         if not machine.gpus:
             reasons.append(f"needs a GPU with ~{gib(step.device)}; none is visible")
-        elif step.device > machine.gpus[0].total:
+        elif step.device > machine.gpus[0].total and not step.name.endswith("(vLLM)"):
             reasons.append(f"needs ~{gib(step.device)} of GPU memory, GPU 0 has {gib(machine.gpus[0].total)}; "
                            f"a GPU with {gib(step.device)} would fit")
     step.problem = "; and ".join(reasons) or None
@@ -189,10 +226,10 @@ def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, 
         packed = held - unpacked * save_bytes(v)
         steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked, saved_dtype(v, fp)))
         if largest is None or packed > largest[0]:
-            largest = (packed, unpacked, v.name)
+            largest = (packed, unpacked, v.name, checkpoint_bytes(model, v)[0])
     if recipe.serve.after_run != "none" and largest is not None:
-        packed, unpacked, name = largest
-        steps.append(serve_step(fp, recipe, device, dtype, packed, unpacked, name))
+        packed, unpacked, name, ckpt = largest
+        steps.append(serve_step(fp, recipe, device, dtype, packed, unpacked, ckpt, name, machine))
     for s in steps:
         check_fit(s, machine, device, dtype)
     plan = Plan(label, fp, machine, device, dtype, steps)

@@ -44,6 +44,7 @@ class Footprint:
     stored_bytes: float  # bytes per parameter on disk
     stored_dtype: str
     weights_on_disk: int | None = None  # from the headers; None when only the config is there
+    max_positions: int | None = None
 
     @property
     def total_params(self) -> int:
@@ -113,7 +114,8 @@ def footprint(model: nn.Module, config, stored_bytes: float | None = None, store
         head_dim=int(_config_value(config, "head_dim", default=hidden // heads) or hidden // heads),
         vocab=int(_config_value(config, "vocab_size")), block_params=sizes[big], linears=linears,
         embed_params=embed_params, head_params=head_params, other_params=max(0, other),
-        stored_bytes=stored_bytes, stored_dtype=stored_dtype, weights_on_disk=weights_on_disk)
+        stored_bytes=stored_bytes, stored_dtype=stored_dtype, weights_on_disk=weights_on_disk,
+        max_positions=_config_value(config, "max_position_embeddings"))
 
 
 HEADER_DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat16", 2), "F64": ("float64", 8)}

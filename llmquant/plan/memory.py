@@ -190,3 +190,12 @@ def eval_terms(fp: Footprint, packed_bytes: int | None, unpacked_params: int, lo
 
 def kv_cache_bytes(fp: Footprint, tokens: int, kv_bytes: int = 2) -> int:
     return 2 * fp.layers * fp.kv_heads * fp.head_dim * tokens * kv_bytes
+
+
+def local_serve_terms(fp: Footprint, packed_bytes: int | None, unpacked_params: int, dtype_bytes: int,
+                      tokens: int) -> Terms:
+    """The built-in server: the checkpoint as the evaluation loads it (no float32 check), one
+    request's forward over `tokens` and its KV cache."""
+    t = eval_terms(fp, packed_bytes, unpacked_params, dtype_bytes, dtype_bytes, tokens, 1, False)
+    t["KV cache"] = kv_cache_bytes(fp, tokens)
+    return t

@@ -27,6 +27,8 @@ def render_text(plan: Plan) -> list[str]:
               "All figures are estimates (llmquant/plan/memory.py says what each counts and how they compare "
               "with measured runs)."]
     for s in plan.steps:
+        if s.note:
+            lines.append(f"{s.name}: {s.note}")
         if s.warning:
             lines.append(f"warning: {s.name}: {s.warning}")
     lines += [f"does not fit: {p}" for p in plan.problems]
@@ -44,7 +46,8 @@ def render_json(plan: Plan) -> dict:
                     "disk_free_bytes": m.disk_free, "gpus": [{"total_bytes": g.total, "free_bytes": g.free}
                                                              for g in m.gpus], "cpu": m.cpu},
         "steps": [{"step": s.name, "host_peak_bytes": s.host, "device_peak_bytes": s.device, "disk_bytes": s.disk,
-                   "terms": s.terms, "fits": s.problem is None, "problem": s.problem, "warning": s.warning}
+                   "terms": s.terms, "fits": s.problem is None, "problem": s.problem, "warning": s.warning,
+                   "note": s.note}
                   for s in plan.steps],
         "disk_total_bytes": plan.disk_total,
         "problems": plan.problems,

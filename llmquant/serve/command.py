@@ -63,6 +63,7 @@ def describe_plan(target: ServeTarget, spec: ServeSpec, engine: str, key: str | 
     lines = [f"target: {target.checkpoint} ({target.info.format}) as {name!r}, engine {engine}"]
     if engine == "local":
         lines.append("command: " + shlex.join(["llmquant", *local_argv(target, spec, name, spec.port)[3:]]))
+        lines.append(local_memory_line(target, spec, trust))
         return lines
     from . import vllm
 
@@ -76,6 +77,25 @@ def describe_plan(target: ServeTarget, spec: ServeSpec, engine: str, key: str | 
                  + shlex.join(["vllm", *launch.argv[launch.argv.index("serve"):]]))
     lines += [f"note: {n}" for n in launch.notes]
     return lines
+
+
+def local_memory_line(target: ServeTarget, spec: ServeSpec, trust: bool) -> str:
+    """The built-in server's estimated peak (llmquant plan's arithmetic) against this machine's RAM."""
+    from ..loading import resolve_dtype
+    from ..plan import checkpoint_estimate
+    from ..plan.build import gib
+    from ..plan.machine import host_memory
+
+    device = spec.local.device if spec.local.device != "auto" else "cpu"
+    dtype = resolve_dtype(spec.local.dtype, device)
+    try:
+        est = checkpoint_estimate(target.checkpoint, dtype, spec.local.max_tokens + 128, trust)
+    except (UserError, ValueError) as e:
+        return f"memory: not estimated ({e})"
+    total, free = host_memory()
+    verdict = "fits" if est.host <= free else ("fits only with memory freed" if est.host <= total else "does NOT fit")
+    return (f"memory: ~{gib(est.host)} peak in {dtype} with a {spec.local.max_tokens}-token request "
+            f"(estimate, as `llmquant plan`); this machine has {gib(total)} ({gib(free)} free): {verdict}")
 
 
 def serve_path(path: Path, overrides: dict[str, Any], variant: str | None = None, recipe_path: Path | None = None,

@@ -220,3 +220,27 @@ def test_plan_for_another_model_and_machine_from_the_command_line(tmp_path):
     assert cpu.exit_code == 2 and "this machine has 4.0 GiB" in cpu.output
     bad = runner.invoke(app, ["plan", str(r), "--source", str(cfg), "--device", "tpu"])
     assert bad.exit_code == 2 and "--device: 'tpu' is not allowed" in bad.output
+
+
+def test_vllm_serve_step_uses_the_fit_check(tmp_path):
+    """Serving with vLLM is planned by serve/fit.py, the arithmetic `llmquant serve` checks with:
+    KV cache of Llama-2-7B = 2 (K, V) x 32 layers x 32 heads x 128 x 2 bytes per token."""
+    from llmquant.recipe import load_recipe
+
+    cfg = config_dir(tmp_path, LLAMA2_7B)
+    p = tmp_path / "r.yaml"
+    p.write_text(f"model: {{source: {cfg}, dtype: float16, device: cuda}}\n"
+                 "eval: {dataset: 'builtin:pydoc', seqlen: 2048}\n"
+                 "variants: [{name: w4, method: rtn, bits: 4, group_size: 128}]\n"
+                 "serve: {after_run: check, engine: vllm, vllm: {max_model_len: 4096, enforce_eager: true}}\n"
+                 f"output: {{dir: {tmp_path / 'run'}}}\n")
+    r = load_recipe(p)
+    gpu24 = Machine(64 * GiB, 64 * GiB, 500 * GiB, gpus=(GpuMemory(24 * GiB, 24 * GiB),))
+    s = step(plan_for(r, gpu24), "serve w4 (vLLM)")
+    kv = 2 * 32 * 32 * 128 * 2 * 4096
+    weights = step(plan_for(r, gpu24), "quantize w4").disk  # the checkpoint, all on one GPU
+    assert s.problem is None and "max_model_len 4096" in s.note
+    assert weights + kv < s.device < weights + kv + 4 * GiB  # + vLLM's overhead estimate
+    small = step(plan_for(r, Machine(64 * GiB, 64 * GiB, 500 * GiB, gpus=(GpuMemory(4 * GiB, 4 * GiB),))),
+                 "serve w4 (vLLM)")
+    assert "exceed the budget of 3.60 GiB" in small.problem

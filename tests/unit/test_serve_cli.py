@@ -97,7 +97,13 @@ def test_dry_run_local(run_dir):
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert (f"llmquant serve {run_dir / 'variants/w4/checkpoint'} --engine local --host 127.0.0.1 --port 9001 "
-            "--name w4 --dtype auto --device auto --max-tokens 64") in out and out.endswith("--compile")
+            "--name w4 --dtype auto --device auto --max-tokens 64") in out and "--compile memory: ~" in out
+    # the memory line is plan's arithmetic for this checkpoint (its own test: test_plan.py)
+    from llmquant.loading import resolve_dtype
+    from llmquant.plan import checkpoint_estimate
+
+    est = checkpoint_estimate(run_dir / "variants/w4/checkpoint", resolve_dtype("auto", "cpu"), 64 + 128)
+    assert f"memory: ~{est.host / 2**30:.1f} GiB peak" in out and "(estimate, as `llmquant plan`)" in out
 
 
 @pytest.mark.parametrize("args, message", [
