@@ -199,6 +199,8 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s)
                           highlight=False)
         for note in report.notes:
             out_console.print(f"   note: {note}", highlight=False)
+        for problem in (report.plan.problems if report.plan else []):
+            out_console.print(f"   note: will not fit this machine (llmquant plan {path}): {problem}", highlight=False)
 
 
 @app.command()

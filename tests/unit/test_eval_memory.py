@@ -36,15 +36,25 @@ print(json.dumps({"peak": r.peak_rss_bytes, "step_peak": m["quantize_peak_rss_by
 """
 
 
-@pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_model_dir):
-    from safetensors.torch import save_file
-    from transformers import LlamaConfig, LlamaForCausalLM
+def rtn_w4(src: Path, out: Path, group: int) -> Path:
+    from transformers import AutoTokenizer
 
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.lazy import lazy_model
     from llmquant.quantize.rtn import RTNQuantizer
     from llmquant.recipe import RTNVariant
+
+    out.mkdir()
+    model, blocks = lazy_model(src)
+    RTNQuantizer().quantize(model, RTNVariant(name="w4", method="rtn", bits=4, group_size=group), None, out,
+                            QuantizeContext(tokenizer=AutoTokenizer.from_pretrained(src), blocks=blocks, model_dir=src))
+    return out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, tiny_model_dir):
+    from safetensors.torch import save_file
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     root = tmp_path_factory.mktemp("evalmem")
     dense = root / "dense"
@@ -55,23 +65,11 @@ def models(tmp_path_factory, tiny_model_dir):
     for f in tiny_model_dir.iterdir():
         if "token" in f.name:
             shutil.copy(f, dense / f.name)
-    w4 = root / "w4"
-    w4.mkdir()
-    model, blocks = lazy_model(dense)
-    from transformers import AutoTokenizer
-
-    RTNQuantizer().quantize(model, RTNVariant(name="w4", method="rtn", bits=4, group_size=128), None, w4,
-                            QuantizeContext(tokenizer=AutoTokenizer.from_pretrained(dense), blocks=blocks,
-                                            model_dir=dense))
+    w4 = rtn_w4(dense, root / "w4", 128)
     tokens = root / "tokens.safetensors"
     save_file({"input_ids": torch.randint(0, 512, (1, 2048), generator=torch.Generator().manual_seed(0))},
               str(tokens))
-    tiny_w4 = root / "tiny-w4"
-    tiny_w4.mkdir()
-    model, blocks = lazy_model(tiny_model_dir)
-    RTNQuantizer().quantize(model, RTNVariant(name="w4", method="rtn", bits=4, group_size=32), None, tiny_w4,
-                            QuantizeContext(tokenizer=AutoTokenizer.from_pretrained(dense), blocks=blocks,
-                                            model_dir=tiny_model_dir))
+    tiny_w4 = rtn_w4(tiny_model_dir, root / "tiny-w4", 32)
     return {"dense": dense, "w4": w4, "tokens": tokens, "root": root, "tiny": tiny_model_dir, "tiny-w4": tiny_w4}
 
 
@@ -101,8 +99,6 @@ def test_evaluation_peak_within_the_plan_and_without_a_float32_copy(models, tmp_
     dense = evaluate_in_own_process(models["dense"], models["tokens"], models["tiny"])
     w4 = evaluate_in_own_process(models["w4"], models["tokens"], models["tiny-w4"])
     assert dense["check"]["windows"] == 1 and w4["check"]["windows"] == 1
-    print({k: (v["peak"] >> 20, v["step_peak"] >> 20, v["before"] >> 20, steps[n].host >> 20) for k, v, n in
-           (("dense", dense, "evaluate baseline"), ("w4", w4, "evaluate w4"))})
     bf16_bytes = sum(f.stat().st_size for f in models["dense"].glob("*.safetensors"))
     # measured peaks against the plan's estimate (its terms, a process allowance, ALLOCATOR_SLACK)
     assert dense["peak"] < steps["evaluate baseline"].host, (dense["peak"], steps["evaluate baseline"].host)
