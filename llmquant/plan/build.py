@@ -29,6 +29,8 @@ class Step:
     problem: str | None = None  # why it cannot fit, and what would
     warning: str | None = None
     note: str | None = None
+    seconds: float | None = None  # estimated wall time (plan/timing.py), where measured on such a CPU
+    seconds_upper: bool = False  # the time is an upper bound
 
 
 @dataclass
@@ -93,6 +95,16 @@ def quantize_step(fp: Footprint, model: nn.Module, variant, recipe, device: str,
     terms = mem.quantize_host(fp, method, calib, opts, on_gpu=on_gpu, save_bytes=save_bytes(variant))
     ckpt, _ = checkpoint_bytes(model, variant)
     step = Step(f"quantize {variant.name}", mem.total(terms), disk=ckpt + mem.spill_bytes(fp, calib), terms=terms)
+    if not on_gpu and not own_loader:
+        from ..cpu import cpu_info
+        from .timing import quantize_seconds
+
+        info = cpu_info()
+        t = quantize_seconds(variant.method, fp.block_params, fp.layers, calib.tokens if calib else 0, info.model,
+                             info.capability)
+        if t is not None:
+            step.seconds, step.seconds_upper = t.seconds, t.upper
+            step.note = f"time scaled from {t.source}" + (" (linearly in tokens: an upper bound)" if t.upper else "")
     if on_gpu:
         step.device = mem.total(mem.quantize_device(fp, method, calib, opts))
     return step

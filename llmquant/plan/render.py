@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from .build import Plan, gib
+from .timing import duration
 
 
 def render_text(plan: Plan) -> list[str]:
@@ -14,18 +15,20 @@ def render_text(plan: Plan) -> list[str]:
              + f", {gib(m.disk_free)} free disk; {m.cpu}",
              f"compute: {plan.device}, {plan.dtype}",
              "",
-             f"{'step':<40} {'host peak':>10} {'GPU peak':>10} {'disk':>10}  fits"]
+             f"{'step':<40} {'host peak':>10} {'GPU peak':>10} {'disk':>10} {'time':>9}  fits"]
     for s in plan.steps:
         fits = "NO" if s.problem else ("tight" if s.warning else "yes")
         dev = gib(s.device) if s.device is not None else "-"
         disk = gib(s.disk) if s.disk else "-"
-        lines.append(f"{s.name:<40} {gib(s.host):>10} {dev:>10} {disk:>10}  {fits}")
+        took = duration(s.seconds, s.seconds_upper) if s.seconds is not None else "-"
+        lines.append(f"{s.name:<40} {gib(s.host):>10} {dev:>10} {disk:>10} {took:>9}  {fits}")
         biggest = sorted(((k, v) for k, v in s.terms.items() if not k.startswith("(")), key=lambda kv: -kv[1])[:3]
         if len(biggest) > 1:
             lines.append(f"{'':<4}largest terms: " + ", ".join(f"{k} {gib(v)}" for k, v in biggest))
     lines += ["", f"disk written by the run: ~{gib(plan.disk_total)} of {gib(m.disk_free)} free",
               "All figures are estimates (llmquant/plan/memory.py says what each counts and how they compare "
-              "with measured runs)."]
+              "with measured runs; times are scaled from per-block times measured on this CPU model, "
+              "plan/timing.py, and '-' where none was)."]
     for s in plan.steps:
         if s.note:
             lines.append(f"{s.name}: {s.note}")
@@ -46,7 +49,7 @@ def render_json(plan: Plan) -> dict:
                     "disk_free_bytes": m.disk_free, "gpus": [{"total_bytes": g.total, "free_bytes": g.free}
                                                              for g in m.gpus], "cpu": m.cpu},
         "steps": [{"step": s.name, "host_peak_bytes": s.host, "device_peak_bytes": s.device, "disk_bytes": s.disk,
-                   "terms": s.terms, "fits": s.problem is None, "problem": s.problem, "warning": s.warning,
+                   "terms": s.terms, "seconds": s.seconds, "seconds_upper_bound": s.seconds_upper, "fits": s.problem is None, "problem": s.problem, "warning": s.warning,
                    "note": s.note}
                   for s in plan.steps],
         "disk_total_bytes": plan.disk_total,

@@ -244,3 +244,21 @@ def test_vllm_serve_step_uses_the_fit_check(tmp_path):
     small = step(plan_for(r, Machine(64 * GiB, 64 * GiB, 500 * GiB, gpus=(GpuMemory(4 * GiB, 4 * GiB),))),
                  "serve w4 (vLLM)")
     assert "exceed the budget of 3.60 GiB" in small.problem
+
+
+def test_quantize_time_scales_a_measured_block():
+    from llmquant.plan.timing import LLAMA7B_BLOCK, Measured, duration, quantize_seconds
+
+    table = (Measured("gptq", "AMD EPYC", "AVX512", LLAMA7B_BLOCK, 8192, 180.0, "f.md"),
+             Measured("gptq", "AMD EPYC", "AVX512", LLAMA7B_BLOCK // 50, 65536, 9.0, "g.md"),
+             Measured("rtn", "AMD EPYC", "AVX512", LLAMA7B_BLOCK, 0, 20.0, "f.md"))
+    same = quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC 9xx", "AVX512", table)
+    assert same.seconds == 32 * 180.0 and same.source == "f.md" and not same.upper
+    more = quantize_seconds("gptq", LLAMA7B_BLOCK * 2, 80, 4 * 8192, "AMD EPYC 9xx", "AVX512", table)
+    assert more.seconds == 180.0 * 2 * 4 * 80 and more.upper  # linear in params and tokens: at most
+    small = quantize_seconds("gptq", LLAMA7B_BLOCK // 40, 30, 65536, "AMD EPYC", "AVX512", table)
+    assert small.source == "g.md" and small.seconds == pytest.approx(9.0 * (50 / 40) * 30, rel=1e-3)
+    assert quantize_seconds("rtn", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX512", table).seconds == 640.0
+    assert quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "Intel Xeon", "AVX512", table) is None
+    assert quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX2", table) is None
+    assert (duration(640.0), duration(2 * 3600, upper=True), duration(30)) == ("~11 min", "<=2.0 h", "~30 s")
