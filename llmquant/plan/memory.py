@@ -32,8 +32,8 @@ hidden states and MLP activations in float32, attention scores (heads x tokens^2
 
 Checked against measurements (bench/results/scale-2026-12-03*.md, Llama-2-7B-shaped blocks,
 16 x 512 calibration, AMD EPYC): measured peak RSS RTN 2.42 GiB, GPTQ 5.82, AWQ 5.45; these
-terms give 2.38, 6.12, 5.24 (within 5 %). Other models, calibration sizes and machines may differ
-more: the plan labels them estimates.
+terms give 2.41, 6.12, 5.26 (within 5 %; `bench/scale.py` prints both side by side). Other
+models, calibration sizes and machines may differ more: the plan labels them estimates.
 """
 
 from __future__ import annotations

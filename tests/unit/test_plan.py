@@ -262,3 +262,26 @@ def test_quantize_time_scales_a_measured_block():
     assert quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "Intel Xeon", "AVX512", table) is None
     assert quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX2", table) is None
     assert (duration(640.0), duration(2 * 3600, upper=True), duration(30)) == ("~11 min", "<=2.0 h", "~30 s")
+
+
+def test_tiny_config_by_hand(tmp_path):
+    """A tiny tied Llama with grouped KV heads: every figure of the RTN W4 g32 plan by hand."""
+    tiny = LLAMA2_7B | {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 3,
+                        "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512,
+                        "tie_word_embeddings": True, "torch_dtype": "float32"}
+    r = recipe(tmp_path, config_dir(tmp_path, tiny), "[{name: w4, method: rtn, bits: 4, group_size: 32}]",
+               dtype="float32", seqlen=128)
+    plan = plan_for(r, BOX_24)
+    fp = plan.footprint
+    block = 64 * 64 * 2 + 64 * 32 * 2 + 3 * 64 * 128 + 2 * 64  # q, o; k, v (2 KV heads of 16); MLP; norms
+    assert (fp.block_params, fp.embed_params, fp.head_params, fp.other_params) == (block, 512 * 64, 0, 64)
+    assert fp.total_params == 3 * block + 512 * 64 + 64
+    q = step(plan, "quantize w4")
+    assert q.terms == {"process": mem.PROCESS_BYTES, "block file pages": block * 4, "block float32": block * 4,
+                       "weight and its dequantized copy": 2 * 64 * 128 * 4}
+    per_layer = sum(i * o // 2 + (i // 32) * o // 2 + (i // 32) * o * 2 + i * 4 for i, o in
+                    [(64, 64), (64, 32), (64, 32), (64, 64), (64, 128), (64, 128), (128, 64)])
+    assert q.disk == 3 * per_layer + (512 * 64 + 64 + 3 * 2 * 64) * 2
+    ev = step(plan, "evaluate baseline")
+    assert ev.terms["weights"] == fp.total_params * 4 and ev.terms["attention scores"] == 4 * 128 * 128 * 4
+    assert ev.host == int(sum(ev.terms.values()) * mem.ALLOCATOR_SLACK)
