@@ -133,8 +133,10 @@ def plan_steps(recipe: Recipe, src, config, model):
     try:
         return plan_from_config(recipe, src.label, config, model, src.path if src.kind == "hf-dir" else None,
                                 gguf=src.kind == "gguf")
-    except ValueError as e:  # an architecture whose decoder blocks are not where find_blocks looks
-        log.info("no memory plan: %s", e)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:
+        # e.g. decoder blocks not where find_blocks looks, a config without vocab_size: the plan
+        # is advice, so the run goes on without it
+        log.warning("%s: no memory plan for this model (%s: %s)", recipe.path, type(e).__name__, e)
         return None
 
 
