@@ -30,7 +30,8 @@ def hub_config(hub_id: str, revision: str | None, trust_remote_code: bool):
         except Exception as e:  # not cached / offline / 401 / 404
             reason = type(e).__name__
     raise UserError(f"model.source: the config of {hub_id!r} is not in the local cache and the Hugging Face hub "
-                    f"could not be reached ({reason}); plan from a local directory holding its config.json")
+                    f"could not be reached ({reason}); plan from a local directory holding its config.json "
+                    "(llmquant plan --source DIR)")
 
 
 def plan_from_config(recipe, label: str, config, model, source_dir: Path | None, machine: Machine | None = None,
