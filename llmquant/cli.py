@@ -237,7 +237,10 @@ def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     if changes:
         r = r.model_copy(update={"model": r.model.model_copy(update=changes)})
         r._path = recipe
-    p = plan_for(r, machine_for(r, ram_gib, gpu_gib))
+    try:
+        p = plan_for(r, machine_for(r, ram_gib, gpu_gib))
+    except UserError as e:
+        raise UserError(str(e) if str(e).startswith(str(recipe)) else f"{recipe}: {e}") from None
     if format == "json":
         typer.echo(json.dumps(render_json(p), indent=2))
     else:
