@@ -140,6 +140,20 @@ def plan_steps(recipe: Recipe, src, config, model):
         return None
 
 
+def plan_summary(plan) -> str:
+    """One line: the largest step by host memory, and the quantize time where it is estimated."""
+    from .plan.build import gib
+    from .plan.timing import duration
+
+    top = max(plan.steps, key=lambda s: s.host)
+    timed = [s for s in plan.steps if s.seconds is not None]
+    took = ""
+    if timed:
+        took = f"; quantizing {duration(sum(s.seconds for s in timed), any(s.seconds_upper for s in timed))}"
+    return (f"plan: fits this machine (largest step: {top.name}, ~{gib(top.host)} of {gib(plan.machine.ram_total)} "
+            f"RAM{took}; estimates, see llmquant plan)")
+
+
 def check_plan(recipe: Recipe, report: PreflightReport) -> None:
     """Stop before anything is loaded when a step cannot fit this machine (one line: the first
     step that does not, and what would); steps that fit only what is free now are noted."""
@@ -149,6 +163,8 @@ def check_plan(recipe: Recipe, report: PreflightReport) -> None:
     for s in plan.steps:
         if s.warning:
             report.notes.append(f"plan: {s.name}: {s.warning} (estimate)")
+    if not plan.problems:
+        report.notes.append(plan_summary(plan))
     if plan.problems:
         more = f" (and {len(plan.problems) - 1} more: llmquant plan {recipe.path or '<recipe>'})" \
             if len(plan.problems) > 1 else ""
