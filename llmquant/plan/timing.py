@@ -33,7 +33,7 @@ SMOLLM2_BLOCK = 2 * 576 * 576 + 2 * 576 * 192 + 3 * 576 * 1536 + 2 * 576
 
 MEASURED: tuple[Measured, ...] = (
     Measured("rtn", "AMD EPYC", "AVX512", LLAMA7B_BLOCK, 0, 11.7, "bench/results/scale-2026-12-03-depth.md"),
-    Measured("gptq", "AMD EPYC", "AVX512", LLAMA7B_BLOCK, 16 * 512, 182.7, "bench/results/scale-2026-12-03-depth.md"),
+    Measured("gptq", "AMD EPYC", "AVX512", LLAMA7B_BLOCK, 16 * 512, 139.6, "bench/results/scale-2026-12-03-depth.md"),
     Measured("awq", "AMD EPYC", "AVX512", LLAMA7B_BLOCK, 16 * 512, 226.9, "bench/results/scale-2026-12-03-depth.md"),
     Measured("gptq", "AMD EPYC", "AVX512", SMOLLM2_BLOCK, 128 * 512, 265.1 / 30, "bench/results/awq-speed-2026-12-03.md"),
     Measured("awq", "AMD EPYC", "AVX512", SMOLLM2_BLOCK, 128 * 512, 308.7 / 30, "bench/results/awq-speed-2026-12-03.md"),
