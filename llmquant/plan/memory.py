@@ -31,8 +31,9 @@ and in float32 and the cross-entropy's float32 log-probabilities (vocab x tokens
 hidden states and MLP activations in float32, attention scores (heads x tokens^2 x 4).
 
 Checked against measurements (bench/results/scale-2026-12-03*.md, Llama-2-7B-shaped blocks,
-16 x 512 calibration, AMD EPYC): measured peak RSS RTN 2.42 GiB, GPTQ 5.82, AWQ 5.45; these
-terms give 2.41, 6.12, 5.26 (within 5 %; `bench/scale.py` prints both side by side). Other
+16 x 512 calibration, AMD EPYC): measured peak RSS RTN 2.37-2.50 GiB, GPTQ 5.82, AWQ 5.19-6.11
+(a transient of the search that varies run to run); these terms give 2.41, 6.12, 5.26
+(`bench/scale.py` prints both side by side; AWQ's can be 14 % under). Other
 models, calibration sizes and machines may differ more: the plan labels them estimates.
 """
 
