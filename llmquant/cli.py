@@ -261,8 +261,7 @@ def machine_for(recipe, ram_gib: float | None, gpu_gib: list[float] | None):
     from .plan import this_machine
     from .serve.fit import GpuMemory
 
-    here = this_machine(recipe.run_dir(), False)
-    m = here
+    m = this_machine(recipe.run_dir(), False)
     if ram_gib is not None:
         if ram_gib <= 0:
             raise UserError(f"--ram-gib: {ram_gib:g} must be positive")

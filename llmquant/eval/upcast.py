@@ -26,14 +26,12 @@ PACKED_SUFFIXES = (".qweight", ".qzeros", ".scales", ".g_idx")  # GPTQ / AWQ pac
 def stored_dtype(checkpoint: Path) -> torch.dtype | None:
     """The 16-bit dtype every dense float tensor of a safetensors checkpoint is stored in (headers
     only), so that loading it in that dtype loses nothing; None when there is no single one."""
-    from ..serve.artifact import safetensors_header
+    from ..serve.artifact import tensor_table
 
-    files = sorted(Path(checkpoint).glob("*.safetensors")) if Path(checkpoint).is_dir() else []
-    found = set()
-    for f in files:
-        for name, meta in safetensors_header(f).items():
-            if meta["dtype"] in ("F16", "BF16", "F32", "F64") and not name.endswith(PACKED_SUFFIXES):
-                found.add(meta["dtype"])
+    if not Path(checkpoint).is_dir() or not any(Path(checkpoint).glob("*.safetensors")):
+        return None
+    found = {dtype for name, (dtype, _) in tensor_table(Path(checkpoint)).items()
+             if dtype in ("F16", "BF16", "F32", "F64") and not name.endswith(PACKED_SUFFIXES)}
     if len(found) != 1:
         return None
     return {"F16": torch.float16, "BF16": torch.bfloat16}.get(found.pop())

@@ -72,19 +72,19 @@ def options_of(variant, calib: mem.Calibration | None) -> mem.QuantizeOptions:
     return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens)
 
 
-def saved_dtype(variant, fp: Footprint) -> str:
-    """The dtype a quantized checkpoint keeps its dense tensors in (formats/checkpoint.save_dtype)."""
-    choice = getattr(variant, "save_dtype", "auto")
-    if choice != "auto":
-        return choice
-    return "bfloat16" if fp.stored_dtype == "bfloat16" else "float16"
+def saved_dtype(variant, model: nn.Module) -> str:
+    """The dtype a quantized checkpoint keeps its dense tensors in: the writer's own rule."""
+    from ..formats.checkpoint import save_dtype
+
+    return str(save_dtype(model, getattr(variant, "save_dtype", "auto"))).removeprefix("torch.")
 
 
 def _dtype_bytes(dtype: str) -> int:
     return 4 if dtype == "float32" else 2
 
 
-def quantize_step(fp: Footprint, model: nn.Module, variant, recipe, device: str, own_loader: bool) -> Step:
+def quantize_step(fp: Footprint, ckpt: int, variant, recipe, device: str, own_loader: bool) -> Step:
+    """`ckpt`: the bytes of the checkpoint it writes (packing.checkpoint_bytes)."""
     from ..quantize import METHODS
 
     needs = METHODS[variant.method].needs_calibration
@@ -93,7 +93,6 @@ def quantize_step(fp: Footprint, model: nn.Module, variant, recipe, device: str,
     opts = options_of(variant, calib)
     on_gpu = device.startswith("cuda")
     terms = mem.quantize_host(fp, method, calib, opts, on_gpu=on_gpu, save_bytes=save_bytes(variant))
-    ckpt, _ = checkpoint_bytes(model, variant)
     step = Step(f"quantize {variant.name}", mem.total(terms), disk=ckpt + mem.spill_bytes(fp, calib), terms=terms)
     if not on_gpu and not own_loader:
         from ..cpu import cpu_info
@@ -161,8 +160,7 @@ def vllm_step(fp: Footprint, recipe, ckpt: int, name: str, machine: Machine) -> 
     from ..serve.vllm import fit_request, gpus_for
 
     spec = recipe.serve.vllm
-    outer = fp.embed_params * 2 + fp.head_params * 2 + fp.other_params * 2
-    per_layer = max(0, ckpt - outer) // fp.layers
+    per_layer = max(0, ckpt - fp.outer_params * 2) // fp.layers
     shape = ModelShape(fp.layers, fp.heads, fp.kv_heads, fp.head_dim, fp.hidden, fp.intermediate, fp.vocab,
                        fp.max_positions, fp.head_params == 0)
     weights = WeightBytes(fp.embed_params * 2, fp.head_params * 2, fp.other_params * 2, (per_layer,) * fp.layers)
@@ -233,12 +231,13 @@ def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, 
     steps.append(eval_step("baseline", fp, recipe, device, dtype, None, fp.total_params, fp.stored_dtype))
     largest: tuple[int, int, str] | None = None
     for v in recipe.variants:
-        steps.append(quantize_step(fp, model, v, recipe, device, loads_own_model(v)))
+        ckpt, _ = checkpoint_bytes(model, v)
+        steps.append(quantize_step(fp, ckpt, v, recipe, device, loads_own_model(v)))
         held, unpacked = checkpoint_bytes(model, v, resident=True)
         packed = held - unpacked * save_bytes(v)
-        steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked, saved_dtype(v, fp)))
+        steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked, saved_dtype(v, model)))
         if largest is None or packed > largest[0]:
-            largest = (packed, unpacked, v.name, checkpoint_bytes(model, v)[0])
+            largest = (packed, unpacked, v.name, ckpt)
     if recipe.serve.after_run != "none" and largest is not None:
         packed, unpacked, name, ckpt = largest
         steps.append(serve_step(fp, recipe, device, dtype, packed, unpacked, ckpt, name, machine))

@@ -124,19 +124,17 @@ HEADER_DTYPES = {"F32": ("float32", 4), "F16": ("float16", 2), "BF16": ("bfloat1
 def stored_from_headers(model_dir: Path) -> tuple[float, str, int] | None:
     """(bytes per float parameter, the dominant float dtype, bytes of weights) from the
     safetensors headers of a model directory; None when it has no safetensors files."""
-    from ..serve.artifact import _DTYPE_BYTES, numel, safetensors_header
+    from ..serve.artifact import _DTYPE_BYTES, numel, tensor_table
 
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
+    if not any(Path(model_dir).glob("*.safetensors")):
         return None
     by_dtype: dict[str, int] = {}
     total = 0
-    for f in files:
-        for meta in safetensors_header(f).values():
-            n = numel(tuple(meta["shape"]))
-            total += n * _DTYPE_BYTES.get(meta["dtype"], 4)
-            if meta["dtype"] in HEADER_DTYPES:
-                by_dtype[meta["dtype"]] = by_dtype.get(meta["dtype"], 0) + n
+    for dtype, shape in tensor_table(Path(model_dir)).values():
+        n = numel(shape)
+        total += n * _DTYPE_BYTES.get(dtype, 4)
+        if dtype in HEADER_DTYPES:
+            by_dtype[dtype] = by_dtype.get(dtype, 0) + n
     if not by_dtype:
         return None
     main = max(by_dtype, key=by_dtype.get)
