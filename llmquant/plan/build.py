@@ -121,7 +121,7 @@ def eval_step(name: str, fp: Footprint, recipe, device: str, dtype: str, packed:
     terms = mem.eval_terms(fp, packed, unpacked, load, d, ev.seqlen, ev.batch_size, ev.isolate)
     step = Step(f"evaluate {name}", mem.total(terms), terms=terms)
     if device.startswith("cuda"):  # loaded on the host at the compute dtype, then moved
-        gpu = {k: v for k, v in terms.items() if k != "process"}
+        gpu = {k: v for k, v in terms.items() if k not in ("process", mem.PACKED_SETUP)}  # measured on a CPU
         step.device = mem.total({"CUDA context": mem.CUDA_CONTEXT_BYTES, **gpu})
         weights = {k: v for k, v in terms.items() if k in ("weights", "packed weights", "embeddings, head, norms")}
         step.host = mem.total({"process": terms["process"], **weights})
