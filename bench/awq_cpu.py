@@ -62,7 +62,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     from safetensors.torch import load_file
 
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
-    from llmquant.quantize.awq import AWQQuantizer
+    from llmquant.quantize.awq.quantizer import AWQQuantizer
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.recipe import AWQVariant
 

@@ -76,7 +76,7 @@ def worker(a: argparse.Namespace) -> dict:
     from safetensors.torch import load_file
 
     from llmquant.loading import set_threads
-    from llmquant.quantize import awq, awq_math, awq_search
+    from llmquant.quantize.awq import awq_math, awq_search, quantizer as awq
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.recipe import AWQVariant, GPTQVariant
 
@@ -86,7 +86,7 @@ def worker(a: argparse.Namespace) -> dict:
     ctx = QuantizeContext(device="cpu", tokenizer=tok)
     timers = Timers()
     if a.worker == "gptq":
-        from llmquant.quantize.gptq import GPTQQuantizer
+        from llmquant.quantize.gptq.quantizer import GPTQQuantizer
 
         variant = GPTQVariant(name="bench", method="gptq", bits=a.bits, group_size=a.group_size, sym=True,
                               damp_percent=0.01, true_sequential=True)

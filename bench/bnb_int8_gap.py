@@ -143,7 +143,7 @@ def main() -> None:
     from llmquant.formats.load import load_checkpoint
     from llmquant.loading import set_threads
     from llmquant.quantize.base import QuantizeContext
-    from llmquant.quantize.bnb import BnbQuantizer
+    from llmquant.quantize.bnb.quantizer import BnbQuantizer
     from llmquant.recipe import BnbVariant
 
     set_threads()

@@ -23,7 +23,7 @@ def make_rtn(model_dir: Path, out: Path, bits: int) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmquant.quantize.base import QuantizeContext
-    from llmquant.quantize.rtn import RTNQuantizer
+    from llmquant.quantize.rtn.quantizer import RTNQuantizer
     from llmquant.recipe import RTNVariant
     from llmquant.runs import atomic_dir
 

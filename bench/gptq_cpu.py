@@ -98,7 +98,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
 
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
-    from llmquant.quantize.gptq import GPTQQuantizer
+    from llmquant.quantize.gptq.quantizer import GPTQQuantizer
     from llmquant.recipe import GPTQVariant
 
     set_threads()

@@ -99,13 +99,13 @@ def child(args: argparse.Namespace) -> None:
     crops = calibration_crops(ids, args.n_samples, args.seqlen, 0, "wikitext-2 valid")
     common = {"bits": 4, "group_size": 128}
     if args.method == "rtn":
-        from llmquant.quantize.rtn import RTNQuantizer as Q
+        from llmquant.quantize.rtn.quantizer import RTNQuantizer as Q
         variant = RTNVariant(name="rtn", method="rtn", **common)
     elif args.method == "gptq":
-        from llmquant.quantize.gptq import GPTQQuantizer as Q
+        from llmquant.quantize.gptq.quantizer import GPTQQuantizer as Q
         variant = GPTQVariant(name="gptq", method="gptq", **common)
     else:
-        from llmquant.quantize.awq import AWQQuantizer as Q
+        from llmquant.quantize.awq.quantizer import AWQQuantizer as Q
         variant = AWQVariant(name="awq", method="awq", **common)
     model, blocks = lazy_model(model_dir)
     with measure_step(args.device) as m:

@@ -65,7 +65,7 @@ class GPTQModel:
         from transformers import AutoTokenizer
 
         from llmquant.quantize.base import QuantizeContext
-        from llmquant.quantize.rtn import RTNQuantizer
+        from llmquant.quantize.rtn.quantizer import RTNQuantizer
         from llmquant.recipe import RTNVariant
 
         kw = self.qc.kwargs
@@ -83,7 +83,7 @@ class GPTQModel:
         from transformers import AutoTokenizer
 
         from llmquant.formats.intweight import IntWeight
-        from llmquant.quantize.awq import save_awq_model
+        from llmquant.quantize.awq.quantizer import save_awq_model
         from llmquant.quantize.grid import group_index, quantize_rtn
         from llmquant.quantize.targets import find_blocks
         from llmquant.recipe import AWQVariant

@@ -30,12 +30,12 @@ class MethodEntry:
 
 METHODS: dict[str, MethodEntry] = {
     "rtn": MethodEntry(
-        "llmquant.quantize.rtn:RTNQuantizer",
+        "llmquant.quantize.rtn.quantizer:RTNQuantizer",
         needs_calibration=False,
         summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
     ),
     "bnb": MethodEntry(
-        "llmquant.quantize.bnb:BnbQuantizer",
+        "llmquant.quantize.bnb.quantizer:BnbQuantizer",
         needs_calibration=False,
         summary="bitsandbytes LLM.int8 / NF4 / FP4 through transformers, saved with save_pretrained",
         loads_own_model=True,
@@ -43,15 +43,15 @@ METHODS: dict[str, MethodEntry] = {
         install="pip install 'llmquant[bnb]'",
     ),
     "gptq": MethodEntry(
-        "llmquant.quantize.gptq:GPTQQuantizer",
+        "llmquant.quantize.gptq.quantizer:GPTQQuantizer",
         needs_calibration=True,
         summary="GPTQ: calibrated layer-by-layer solve with error feedback, GPTQ v1 checkpoint",
     ),
     "awq": MethodEntry(
-        "llmquant.quantize.awq:AWQQuantizer",
+        "llmquant.quantize.awq.quantizer:AWQQuantizer",
         needs_calibration=True,
         summary="AWQ: activation-aware channel scales and clipping, AWQ GEMM checkpoint",
-        check="llmquant.quantize.awq:check_model",
+        check="llmquant.quantize.awq.quantizer:check_model",
         keeps_work=True,
     ),
 }

@@ -8,7 +8,7 @@ import torch
 
 from llmquant.quantize.activations import Activations
 from llmquant.quantize.base import CalibrationSet, QuantizeContext
-from llmquant.quantize.gptq import GPTQQuantizer
+from llmquant.quantize.gptq.quantizer import GPTQQuantizer
 from llmquant.quantize.lazy import lazy_model
 from llmquant.recipe import GPTQVariant
 from tests.unit.test_streamed_checkpoint import make_model

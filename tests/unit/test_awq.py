@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from llmquant.errors import UserError
 from llmquant.formats.load import load_checkpoint
-from llmquant.quantize import awq_arch, sequential
-from llmquant.quantize.awq import AWQHandler, AWQQuantizer, fold_scale
+from llmquant.quantize import sequential
+from llmquant.quantize.awq import awq_arch
+from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer, fold_scale
 from llmquant.quantize.base import QuantizeContext
 from llmquant.recipe import AWQVariant
 from tests.conftest import load_fp32, write_recipe

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from llmquant.formats.intweight import IntWeight
-from llmquant.quantize import awq_math as am
+from llmquant.quantize.awq import awq_math as am
 from llmquant.quantize.grid import group_index
 
 

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from llmquant.quantize import awq_arch
-from llmquant.quantize.awq import AWQHandler
-from llmquant.quantize.awq_math import fake_quantize, scaled_fake_quantize
-from llmquant.quantize.awq_search import CallRecorder, module_loss
+from llmquant.quantize.awq import awq_arch
+from llmquant.quantize.awq.quantizer import AWQHandler
+from llmquant.quantize.awq.awq_math import fake_quantize, scaled_fake_quantize
+from llmquant.quantize.awq.awq_search import CallRecorder, module_loss
 from llmquant.recipe import AWQVariant
 
 

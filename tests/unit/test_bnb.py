@@ -12,7 +12,7 @@ pytest.importorskip("bitsandbytes")
 from llmquant.errors import UserError  # noqa: E402
 from llmquant.formats.load import inspect_checkpoint, load_checkpoint  # noqa: E402
 from llmquant.quantize.base import QuantizeContext  # noqa: E402
-from llmquant.quantize.bnb import BnbQuantizer  # noqa: E402
+from llmquant.quantize.bnb.quantizer import BnbQuantizer  # noqa: E402
 from llmquant.recipe import BnbVariant, parse_recipe  # noqa: E402
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -10,7 +10,7 @@ from llmquant.formats.load import inspect_checkpoint, load_checkpoint
 from llmquant.formats.qlinear import QuantLinear
 from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.grid import dequantize_groups, group_index, quantize_rtn
-from llmquant.quantize.rtn import RTNQuantizer
+from llmquant.quantize.rtn.quantizer import RTNQuantizer
 from llmquant.recipe import RTNVariant
 
 

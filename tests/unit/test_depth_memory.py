@@ -27,13 +27,13 @@ from llmquant.recipe import AWQVariant, GPTQVariant, RTNVariant
 
 src, out, method = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if method == "rtn":
-    from llmquant.quantize.rtn import RTNQuantizer as Q
+    from llmquant.quantize.rtn.quantizer import RTNQuantizer as Q
     variant = RTNVariant(name="r", method="rtn", bits=4, group_size=128)
 elif method == "gptq":
-    from llmquant.quantize.gptq import GPTQQuantizer as Q
+    from llmquant.quantize.gptq.quantizer import GPTQQuantizer as Q
     variant = GPTQVariant(name="g", method="gptq", bits=4, group_size=128)
 else:
-    from llmquant.quantize.awq import AWQQuantizer as Q
+    from llmquant.quantize.awq.quantizer import AWQQuantizer as Q
     variant = AWQVariant(name="a", method="awq", bits=4, group_size=128, calib_dtype="float32", n_grid=2,
                          clip_n_grid=2)
 calib = CalibrationSet(torch.randint(0, 256, (4, 64), generator=torch.Generator().manual_seed(0)), "depth")

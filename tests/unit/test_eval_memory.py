@@ -41,7 +41,7 @@ def rtn_w4(src: Path, out: Path, group: int) -> Path:
 
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.lazy import lazy_model
-    from llmquant.quantize.rtn import RTNQuantizer
+    from llmquant.quantize.rtn.quantizer import RTNQuantizer
     from llmquant.recipe import RTNVariant
 
     out.mkdir()

@@ -12,8 +12,8 @@ from llmquant.errors import UserError
 from llmquant.formats.load import load_checkpoint
 from llmquant.quantize import sequential
 from llmquant.quantize.base import QuantizeContext
-from llmquant.quantize.gptq import GPTQQuantizer, solve_layer
-from llmquant.quantize.gptq_math import accumulate_hessian, gptq_quantize
+from llmquant.quantize.gptq.quantizer import GPTQQuantizer, solve_layer
+from llmquant.quantize.gptq.gptq_math import accumulate_hessian, gptq_quantize
 from llmquant.quantize.targets import LayerSettings
 from llmquant.recipe import GPTQVariant
 from tests.conftest import load_fp32
@@ -89,7 +89,7 @@ def test_loop_matches_straightforward_reference(tmp_path, tiny_model_dir, calib,
     variant = GPTQVariant(name="g", method="gptq", bits=4, group_size=32, true_sequential=true_sequential)
     ids = calib[0].input_ids
     ref = reference_sequential(load_fp32(tiny_model_dir), ids, variant, batch_size=5)
-    from llmquant.quantize.gptq import GPTQHandler
+    from llmquant.quantize.gptq.quantizer import GPTQHandler
 
     model = load_fp32(tiny_model_dir)
     settings = {f"model.layers.{i}.{n}": LayerSettings(4, 32, True) for i in range(3) for n in LINEARS}
@@ -223,7 +223,7 @@ def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_pat
     assert sorted(json.loads((work / "manifest.json").read_text())["blocks"]) == ["0", "1"]
 
     solved = []
-    from llmquant.quantize.gptq import GPTQHandler
+    from llmquant.quantize.gptq.quantizer import GPTQHandler
 
     real_solve = GPTQHandler.solve
     monkeypatch.setattr(GPTQHandler, "solve", lambda self, g: (solved.extend(g.names), real_solve(self, g)))
@@ -282,7 +282,7 @@ def test_quantized_lm_head_calibrates_on_the_final_norm(tmp_path, tiny_model_unt
 
 def test_bounded_parking_gives_bit_identical_results(tiny_model_dir, calib):
     """Batches that are not parked stop once observed and run again per group: same numbers."""
-    from llmquant.quantize.gptq import GPTQHandler
+    from llmquant.quantize.gptq.quantizer import GPTQHandler
 
     variant = GPTQVariant(name="g", method="gptq", bits=3, group_size=32, sym=False)
     settings = {f"model.layers.{i}.{n}": LayerSettings(3, 32, False) for i in range(3) for n in LINEARS}

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from llmquant.quantize.gptq_math import (
+from llmquant.quantize.gptq.gptq_math import (
     NotPositiveDefinite,
     accumulate_hessian,
     gptq_quantize,

@@ -30,7 +30,7 @@ def run_dir(tmp_path_factory, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmquant.quantize.base import QuantizeContext
-    from llmquant.quantize.rtn import RTNQuantizer
+    from llmquant.quantize.rtn.quantizer import RTNQuantizer
     from llmquant.recipe import RTNVariant
 
     root = tmp_path_factory.mktemp("serve-run")

@@ -22,7 +22,7 @@ def rtn_checkpoint(tmp_path_factory, tiny_model_dir):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from llmquant.quantize.base import QuantizeContext
-    from llmquant.quantize.rtn import RTNQuantizer
+    from llmquant.quantize.rtn.quantizer import RTNQuantizer
     from llmquant.recipe import RTNVariant
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)

@@ -12,12 +12,12 @@ from safetensors.torch import load_file, save_file
 from llmquant.errors import UserError
 from llmquant.formats.checkpoint import write_safetensors
 from llmquant.formats.stream import StreamedShards
-from llmquant.quantize.awq import AWQHandler, AWQQuantizer, save_awq_model
-from llmquant.quantize import awq_arch
+from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer, save_awq_model
+from llmquant.quantize.awq import awq_arch
 from llmquant.quantize.base import CalibrationSet, QuantizeContext
-from llmquant.quantize.gptq import GPTQHandler, GPTQQuantizer
+from llmquant.quantize.gptq.quantizer import GPTQHandler, GPTQQuantizer
 from llmquant.quantize.lazy import EagerBlocks, LazyBlocks, lazy_model
-from llmquant.quantize.rtn import RTNQuantizer, quantize_linear
+from llmquant.quantize.rtn.quantizer import RTNQuantizer, quantize_linear
 from llmquant.quantize.save import save_gptq_model
 from llmquant.quantize.sequential import SequentialOptions, run_sequential
 from llmquant.quantize.targets import target_linears

@@ -13,16 +13,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..formats import gptq_v1
-from ..formats.checkpoint import save_dtype
-from ..formats.intweight import IntWeight
-from ..recipe import RTNVariant
-from .base import CalibrationSet, QuantizeContext
-from .checkpoint_stream import CheckpointStream
-from .grid import group_index, quantize_rtn
-from .lazy import EagerBlocks
-from .save import gptq_config, pack_gptq
-from .targets import LayerSettings, find_blocks, target_linears
+from ...formats import gptq_v1
+from ...formats.checkpoint import save_dtype
+from ...formats.intweight import IntWeight
+from ...recipe import RTNVariant
+from ..base import CalibrationSet, QuantizeContext
+from ..checkpoint_stream import CheckpointStream
+from ..grid import group_index, quantize_rtn
+from ..lazy import EagerBlocks
+from ..save import gptq_config, pack_gptq
+from ..targets import LayerSettings, find_blocks, target_linears
 
 log = logging.getLogger("llmquant")
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..formats import gptq_v1
-from ..formats.checkpoint import save_dtype
-from ..formats.intweight import IntWeight
-from ..recipe import GPTQVariant
-from ..runs import content_hash
-from .base import CalibrationSet, QuantizeContext
+from ...errors import UserError
+from ...formats import gptq_v1
+from ...formats.checkpoint import save_dtype
+from ...formats.intweight import IntWeight
+from ...recipe import GPTQVariant
+from ...runs import content_hash
+from ..base import CalibrationSet, QuantizeContext
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
-from .checkpoint_stream import CheckpointStream
-from .lazy import Blocks, EagerBlocks
-from .save import gptq_config, pack_gptq
-from .sequential import (
+from ..checkpoint_stream import CheckpointStream
+from ..lazy import Blocks, EagerBlocks
+from ..save import gptq_config, pack_gptq
+from ..sequential import (
     BlockResult,
     BlockRun,
     InputGroup,
@@ -29,7 +29,7 @@ from .sequential import (
     default_batch_size,
     run_sequential,
 )
-from .targets import LayerSettings, find_blocks, target_linears
+from ..targets import LayerSettings, find_blocks, target_linears
 
 log = logging.getLogger("llmquant")
 

@@ -34,7 +34,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .grid import dequantize_grid, max_q, quantize_to_grid
+from ..grid import dequantize_grid, max_q, quantize_to_grid
 
 FP16_TINY = torch.finfo(torch.float16).tiny
 

@@ -129,7 +129,7 @@ def check_model(model_type: str | None, block: nn.Module, block_name: str) -> st
     family = family_for(model_type)
     if family is None:
         return (f"model type {model_type!r} has no AWQ architecture mapping; supported model types: "
-                f"{supported()} (llmquant/quantize/awq_arch.py)")
+                f"{supported()} (llmquant/quantize/awq/awq_arch.py)")
     try:
         resolve(family, block, block_name)
     except ValueError as e:

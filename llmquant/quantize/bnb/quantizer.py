@@ -16,11 +16,11 @@ from types import SimpleNamespace
 import torch
 from safetensors import safe_open
 
-from ..errors import UserError
-from ..formats.checkpoint import save_dtype
-from ..loading import DTYPES
-from ..recipe import BnbVariant
-from .base import CalibrationSet, QuantizeContext
+from ...errors import UserError
+from ...formats.checkpoint import save_dtype
+from ...loading import DTYPES
+from ...recipe import BnbVariant
+from ..base import CalibrationSet, QuantizeContext
 
 log = logging.getLogger("llmquant")
 

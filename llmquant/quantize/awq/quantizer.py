@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import UserError
-from ..formats import awq_gemm
-from ..formats.checkpoint import save_dtype, write_checkpoint
-from ..formats.intweight import IntWeight
-from ..recipe import AWQVariant
-from ..runs import content_hash
+from ...errors import UserError
+from ...formats import awq_gemm
+from ...formats.checkpoint import save_dtype, write_checkpoint
+from ...formats.intweight import IntWeight
+from ...recipe import AWQVariant
+from ...runs import content_hash
 from . import awq_arch
 from .awq_math import (
     InputStats,
@@ -45,12 +45,12 @@ from .awq_math import (
     weight_abs_mean,
 )
 from .awq_search import CallRecorder, module_loss, reusing_freed_memory, working_bytes_per_token
-from .base import CalibrationSet, QuantizeContext
-from .checkpoint_stream import CheckpointStream
-from .lazy import EagerBlocks
-from .grid import group_index
-from .sequential import BlockResult, BlockRun, InputGroup, SequentialOptions, default_batch_size, run_sequential
-from .targets import LayerSettings, find_blocks, target_linears
+from ..base import CalibrationSet, QuantizeContext
+from ..checkpoint_stream import CheckpointStream
+from ..lazy import EagerBlocks
+from ..grid import group_index
+from ..sequential import BlockResult, BlockRun, InputGroup, SequentialOptions, default_batch_size, run_sequential
+from ..targets import LayerSettings, find_blocks, target_linears
 
 log = logging.getLogger("llmquant")
 
@@ -72,7 +72,7 @@ def resolve_calib_dtype(choice: str, device: str) -> torch.dtype:
         return getattr(torch, choice)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from ..loading import cpu_has_bf16
+    from ...loading import cpu_has_bf16
 
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 

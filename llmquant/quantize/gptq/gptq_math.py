@@ -38,8 +38,8 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ..formats.intweight import IntWeight
-from .grid import grid_params, max_q
+from ...formats.intweight import IntWeight
+from ..grid import grid_params, max_q
 
 
 class NotPositiveDefinite(ValueError):

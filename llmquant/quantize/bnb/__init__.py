@@ -1,0 +1,2 @@
+"""bitsandbytes through transformers: quantizer.py (BnbQuantizer). Kept light: importing the package
+imports no torch."""
