@@ -6,14 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
-
 from ..formats.load import READERS, _lazy, inspect_checkpoint, read_tensors
-
-
-def relative_error(w: torch.Tensor, deq: torch.Tensor) -> float:
-    w = w.float()
-    return float((w - deq.float()).norm() / w.norm().clamp_min(1e-12))
+from ..quantize.metrics import relative_error
 
 
 def layer_errors(checkpoint: Path, base_dir: Path) -> list[dict]:

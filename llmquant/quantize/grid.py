@@ -6,12 +6,25 @@ Weights are [out_features, in_features]; groups run along the input dimension, a
 per-group parameters are laid out [n_groups, out_features] as the checkpoint stores them.
 Scales are rounded to fp16 before q is computed, because fp16 is what the checkpoint keeps:
 the integers are chosen for the scale that will actually be used.
+
+Two conventions choose a group's scale and zero point, the rest is shared:
+  grid_params      GPTQ reference / GPTQ v1: the range contains 0, asymmetric zeros >= 1.
+  awq_grid_params  AutoAWQ (AWQ GEMM): min..max, zeros stored as they are; symmetric uses absmax.
+quantize_groups / fake_quantize_groups take either one (as a function of the grouped rows).
 """
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 from torch import Tensor
+
+FP16_TINY = torch.finfo(torch.float16).tiny
+
+# grouped rows [rows, group] -> (scale, zero) [rows]
+GridParams = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 def max_q(bits: int) -> int:
@@ -49,7 +62,28 @@ def grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
         scale = torch.where(low, xmax / (maxq - 1), scale)
         zero = torch.where(low, torch.ones_like(zero), zero)
     scale = scale.half().float()
-    scale = torch.where(scale == 0, torch.full_like(scale, torch.finfo(torch.float16).tiny), scale)
+    scale = torch.where(scale == 0, torch.full_like(scale, FP16_TINY), scale)
+    return scale, zero
+
+
+def awq_grid_params(wg: Tensor, bits: int, zero_point: bool) -> tuple[Tensor, Tensor]:
+    """Scale (fp16-exact, float32) and zero point for each row of `wg` [rows, group], AutoAWQ style.
+
+    zero_point: scale = (max - min) / (2**bits - 1) (range at least 1e-5), zero = clamp(-round(min /
+    scale), 0, 2**bits - 1); the range does not have to contain 0. Symmetric: scale = absmax /
+    (2**(bits-1) - 1), zero = 2**(bits-1)."""
+    wg = wg.float()
+    if zero_point:
+        hi, lo = wg.amax(dim=1), wg.amin(dim=1)
+        scale = (hi - lo).clamp(min=1e-5) / max_q(bits)
+    else:
+        scale = wg.abs().amax(dim=1).clamp(min=1e-5) / (2 ** (bits - 1) - 1)
+    scale = scale.half().float()
+    scale = torch.where(scale == 0, torch.full_like(scale, FP16_TINY), scale)
+    if zero_point:
+        zero = (-torch.round(lo / scale)).clamp(0, max_q(bits))
+    else:
+        zero = torch.full_like(scale, float(2 ** (bits - 1)))
     return scale, zero
 
 
@@ -67,27 +101,49 @@ def fake_quantize(w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
     return dequantize_grid(quantize_to_grid(w, scale, zero, bits), scale, zero)
 
 
+def effective_group(in_features: int, group_size: int) -> int:
+    """The group size in columns: group_size -1 means one group of the whole row."""
+    return in_features if group_size == -1 else group_size
+
+
 def group_index(in_features: int, group_size: int) -> Tensor:
     """g_idx without act-order: column i belongs to group i // group_size."""
-    gs = in_features if group_size == -1 else group_size
-    return torch.arange(in_features, dtype=torch.int32) // gs
+    return torch.arange(in_features, dtype=torch.int32) // effective_group(in_features, group_size)
+
+
+def grouped_rows(w: Tensor, group_size: int) -> tuple[Tensor, int, int]:
+    """A [out, in] weight as float32 rows of one group each, [out * n_groups, group] (row o * n_groups
+    + g is group g of output row o), with out and n_groups."""
+    out_f, in_f = w.shape
+    gs = effective_group(in_f, group_size)
+    if in_f % gs:
+        raise ValueError(f"group size {gs} does not divide in_features {in_f}")
+    return w.float().reshape(out_f * (in_f // gs), gs), out_f, in_f // gs
+
+
+def quantize_groups(w: Tensor, bits: int, group_size: int, params: GridParams) -> tuple[Tensor, Tensor, Tensor]:
+    """A [out, in] weight on the grid `params` chooses for each group of `group_size` input columns.
+
+    Returns q [out, in] int32, scales [n_groups, out] float32 (fp16-exact), zeros [n_groups, out]."""
+    wg, out_f, n_groups = grouped_rows(w, group_size)
+    scale, zero = params(wg)
+    q = quantize_to_grid(wg, scale, zero, bits).reshape(out_f, -1)
+    return q, scale.reshape(out_f, n_groups).t().contiguous(), zero.reshape(out_f, n_groups).t().contiguous()
+
+
+def fake_quantize_groups(w: Tensor, bits: int, group_size: int, params: GridParams) -> Tensor:
+    """The de-quantized weight of quantize_groups (same numbers as IntWeight.dequantize), float32."""
+    wg, _, _ = grouped_rows(w, group_size)
+    scale, zero = params(wg)
+    return fake_quantize(wg, scale, zero, bits).reshape(w.shape)
 
 
 def quantize_rtn(w: Tensor, bits: int, group_size: int, sym: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """Round-to-nearest of a [out, in] weight with groups along `in`.
+    """Round-to-nearest of a [out, in] weight with groups along `in`, on the GPTQ v1 grid.
 
     Returns q [out, in] int32, scales [n_groups, out] float32 (fp16-exact), zeros [n_groups, out].
     """
-    out_f, in_f = w.shape
-    gs = in_f if group_size == -1 else group_size
-    if in_f % gs:
-        raise ValueError(f"group size {gs} does not divide in_features {in_f}")
-    n_groups = in_f // gs
-    wg = w.float().reshape(out_f, n_groups, gs).permute(1, 0, 2).reshape(n_groups * out_f, gs)
-    scale, zero = grid_params(wg, bits, sym)
-    q = quantize_to_grid(wg, scale, zero, bits)
-    q = q.reshape(n_groups, out_f, gs).permute(1, 0, 2).reshape(out_f, in_f)
-    return q, scale.reshape(n_groups, out_f), zero.reshape(n_groups, out_f)
+    return quantize_groups(w, bits, group_size, partial(grid_params, bits=bits, sym=sym))
 
 
 def dequantize_groups(q: Tensor, scales: Tensor, zeros: Tensor, g_idx: Tensor) -> Tensor:

@@ -9,6 +9,7 @@ import torch
 from llmquant.formats.intweight import IntWeight
 from llmquant.quantize.awq import awq_math as am
 from llmquant.quantize.grid import group_index
+from llmquant.quantize.metrics import output_error
 
 
 def ref_quant(w: torch.Tensor, bits: int, gs: int, zero_point: bool) -> torch.Tensor:
@@ -204,4 +205,4 @@ def test_clip_search_matches_brute_force_and_never_increases_the_error():
         e_plain = ((x[:, sl] @ (plain - w)[:, sl].t()) ** 2).sum(0)
         assert bool((e_clip <= e_plain * (1 + 1e-5)).all())
     assert float(mv[0, 0]) < float(w[0, :32].abs().max())  # the outlier's group was clipped
-    assert am.output_error(w, clipped, H) < am.output_error(w, plain, H)
+    assert output_error(w, clipped, H) < output_error(w, plain, H)

@@ -10,8 +10,8 @@ from llmquant.quantize.gptq.gptq_math import (
     accumulate_hessian,
     gptq_quantize,
     inverse_cholesky_upper,
-    output_error,
 )
+from llmquant.quantize.metrics import output_error
 from llmquant.quantize.grid import dequantize_groups, grid_params, group_index, quantize_rtn
 
 

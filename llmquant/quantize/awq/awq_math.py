@@ -1,5 +1,5 @@
-"""AWQ math as pure tensor functions: the AWQ integer grid, activation statistics, the scale
-grid search and the clipping search.
+"""AWQ math as pure tensor functions: the AWQ integer grid (its scale and zero point are
+grid.awq_grid_params), activation statistics, the scale grid search and the clipping search.
 
 Conventions (AutoAWQ's, which vLLM's awq / awq_marlin kernels and our loader read):
   w ≈ scale * (q - zero), q in [0, 2**bits - 1], groups of `group_size` input columns.
@@ -29,58 +29,23 @@ the same numbers, for every calibration token, at a fraction of the cost.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ..grid import dequantize_grid, max_q, quantize_to_grid
-
-FP16_TINY = torch.finfo(torch.float16).tiny
-
-
-def effective_group(in_features: int, group_size: int) -> int:
-    return in_features if group_size == -1 else group_size
-
-
-def awq_grid_params(wg: Tensor, bits: int, zero_point: bool) -> tuple[Tensor, Tensor]:
-    """Scale (fp16-exact, float32) and zero point for each row of `wg` [rows, group]."""
-    wg = wg.float()
-    if zero_point:
-        hi, lo = wg.amax(dim=1), wg.amin(dim=1)
-        scale = (hi - lo).clamp(min=1e-5) / max_q(bits)
-    else:
-        scale = wg.abs().amax(dim=1).clamp(min=1e-5) / (2 ** (bits - 1) - 1)
-    scale = scale.half().float()
-    scale = torch.where(scale == 0, torch.full_like(scale, FP16_TINY), scale)
-    if zero_point:
-        zero = (-torch.round(lo / scale)).clamp(0, max_q(bits))
-    else:
-        zero = torch.full_like(scale, float(2 ** (bits - 1)))
-    return scale, zero
-
-
-def _grouped(w: Tensor, group_size: int) -> tuple[Tensor, int, int]:
-    out_f, in_f = w.shape
-    gs = effective_group(in_f, group_size)
-    if in_f % gs:
-        raise ValueError(f"group size {gs} does not divide in_features {in_f}")
-    return w.float().reshape(out_f * (in_f // gs), gs), out_f, in_f // gs
+from ..grid import awq_grid_params, effective_group, fake_quantize_groups, grouped_rows, quantize_groups
 
 
 def awq_quantize(w: Tensor, bits: int, group_size: int, zero_point: bool) -> tuple[Tensor, Tensor, Tensor]:
     """[out, in] weight -> q [out, in] int32, scales [n_groups, out], zeros [n_groups, out]."""
-    wg, out_f, n_groups = _grouped(w, group_size)
-    scale, zero = awq_grid_params(wg, bits, zero_point)
-    q = quantize_to_grid(wg, scale, zero, bits).reshape(out_f, -1)
-    return q, scale.reshape(out_f, n_groups).t().contiguous(), zero.reshape(out_f, n_groups).t().contiguous()
+    return quantize_groups(w, bits, group_size, partial(awq_grid_params, bits=bits, zero_point=zero_point))
 
 
 def fake_quantize(w: Tensor, bits: int, group_size: int, zero_point: bool) -> Tensor:
     """The de-quantized weight the checkpoint will hold (same numbers as IntWeight.dequantize)."""
-    wg, out_f, _ = _grouped(w, group_size)
-    scale, zero = awq_grid_params(wg, bits, zero_point)
-    return dequantize_grid(quantize_to_grid(wg, scale, zero, bits), scale, zero).reshape(w.shape)
+    return fake_quantize_groups(w, bits, group_size, partial(awq_grid_params, bits=bits, zero_point=zero_point))
 
 
 Quantizer = Callable[[Tensor], Tensor]
@@ -117,7 +82,7 @@ class InputStats:
 def weight_abs_mean(weights: list[Tensor], group_size: int) -> Tensor:
     """Per input channel: the mean over all output rows of |w| / max|w| of its group."""
     w = torch.cat([x.float() for x in weights], dim=0)
-    wg, _, _ = _grouped(w, group_size)
+    wg, _, _ = grouped_rows(w, group_size)
     wg = wg.abs() / (wg.abs().amax(dim=1, keepdim=True) + 1e-6)
     return wg.reshape(w.shape).mean(dim=0)
 
@@ -267,11 +232,3 @@ def apply_clip(w: Tensor, max_val: Tensor) -> Tensor:
     out_f, in_f = w.shape
     mv = max_val.to(w.dtype).unsqueeze(-1)
     return torch.clamp(w.reshape(out_f, mv.shape[1], -1), -mv, mv).reshape(out_f, in_f)
-
-
-def output_error(w: Tensor, w_hat: Tensor, H: Tensor) -> float:
-    """Relative output error ||(Ŵ - W) X|| / ||W X|| on the inputs whose Gram matrix is H."""
-    d = w_hat.float() - w.float()
-    num = float(((d @ H) * d).sum())
-    den = float(((w.float() @ H) * w.float()).sum())
-    return (max(num, 0.0) / den) ** 0.5 if den > 0 else 0.0

@@ -39,7 +39,6 @@ from .awq_math import (
     clip_search,
     fake_quantize,
     gram_loss,
-    output_error,
     scale_candidates,
     search_scales,
     weight_abs_mean,
@@ -48,6 +47,7 @@ from .awq_search import CallRecorder, module_loss, reusing_freed_memory, working
 from ..base import CalibrationSet, QuantizeContext
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import EagerBlocks
+from ..metrics import output_error, relative_error
 from ..grid import group_index
 from ..sequential import BlockResult, BlockRun, InputGroup, SequentialOptions, default_batch_size, run_sequential
 from ..targets import LayerSettings, find_blocks, target_linears
@@ -278,7 +278,7 @@ class AWQHandler:
             if clips is None:
                 row = {"module": full, "bits": s_set.bits, "group_size": s_set.group_size,
                        "output_error": output_error(w, w_hat, H) if H is not None else None,
-                       "rel_error": float((w - w_hat).norm() / w.norm().clamp_min(1e-12)),
+                       "rel_error": relative_error(w, w_hat),
                        "clipped_groups": (float((max_val < w.abs().reshape(max_val.shape[0], max_val.shape[1], -1)
                                                  .amax(-1)).float().mean()) if max_val is not None else 0.0)}
                 extra = info.get(sub, {})

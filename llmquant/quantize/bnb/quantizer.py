@@ -21,6 +21,7 @@ from ...formats.checkpoint import save_dtype
 from ...loading import DTYPES
 from ...recipe import BnbVariant
 from ..base import CalibrationSet, QuantizeContext
+from ..metrics import relative_error
 
 log = logging.getLogger("llmquant")
 
@@ -78,7 +79,7 @@ def layer_report(model, model_dir: Path, variant: BnbVariant) -> list[dict]:
     for name, mod in quantized.items():
         w_hat = dequantized_weight(mod)
         w = originals.get(name)
-        err = None if w is None else float((w - w_hat).norm() / w.norm().clamp_min(1e-12))
+        err = None if w is None else relative_error(w, w_hat)
         report.append({"module": name, "bits": variant.bits, "group_size": variant.group_size, "rel_error": err})
     return report
 

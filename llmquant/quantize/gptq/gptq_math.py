@@ -30,7 +30,6 @@ Output layout (what GPTQ v1 checkpoints store, see formats/gptq_v1.py): the inte
 
 from __future__ import annotations
 
-import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from ...formats.intweight import IntWeight
 from ..grid import grid_params, max_q
+from ..metrics import output_error
 
 
 class NotPositiveDefinite(ValueError):
@@ -233,15 +233,3 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
                        g_idx=g_idx.to(torch.int32).cpu(), bits=bits)
     err = output_error(W_orig, weight.dequantize().to(device=W.device, dtype=dtype), H_orig)
     return GPTQOutput(weight, err, n_dead)
-
-
-def output_error(W: Tensor, W_hat: Tensor, H: Tensor) -> float:
-    """||(W - Ŵ) Xᵀ|| / ||W Xᵀ|| from the Hessian: sqrt(tr(ΔW H ΔWᵀ) / tr(W H Wᵀ))."""
-    dtype = H.dtype
-    W = W.to(dtype)
-    D = W - W_hat.to(dtype)
-    num = float(((D @ H) * D).sum())
-    den = float(((W @ H) * W).sum())
-    if den <= 0:
-        return 0.0 if num <= 0 else math.inf
-    return math.sqrt(max(num, 0.0) / den)

@@ -20,6 +20,7 @@ from ..base import CalibrationSet, QuantizeContext
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import Blocks, EagerBlocks
+from ..metrics import relative_error
 from ..save import gptq_config, pack_gptq
 from ..sequential import (
     BlockResult,
@@ -112,7 +113,7 @@ class GPTQHandler:
             out, damp = solve_layer(name, W, Hm, s, self.variant)
             deq = out.weight.dequantize()
             # before the write-back: W is the module's own weight, which copy_ overwrites
-            w_err = float((W.float().cpu() - deq).norm() / W.float().norm().clamp_min(1e-12))
+            w_err = relative_error(W.cpu(), deq)
             if self.write_back:
                 with torch.no_grad():
                     module.weight.copy_(deq.to(module.weight.dtype))

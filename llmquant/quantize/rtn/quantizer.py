@@ -10,7 +10,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from ...formats import gptq_v1
@@ -21,15 +20,11 @@ from ..base import CalibrationSet, QuantizeContext
 from ..checkpoint_stream import CheckpointStream
 from ..grid import group_index, quantize_rtn
 from ..lazy import EagerBlocks
+from ..metrics import relative_error
 from ..save import gptq_config, pack_gptq
 from ..targets import LayerSettings, find_blocks, target_linears
 
 log = logging.getLogger("llmquant")
-
-
-def layer_error(w: torch.Tensor, w_hat: torch.Tensor) -> float:
-    """Relative Frobenius error ||W - Ŵ|| / ||W|| of a quantized weight."""
-    return float((w.float() - w_hat).norm() / w.float().norm().clamp_min(1e-12))
 
 
 def quantize_linear(name: str, linear: nn.Linear, s: LayerSettings, device: str) -> tuple[IntWeight, dict]:
@@ -38,7 +33,7 @@ def quantize_linear(name: str, linear: nn.Linear, s: LayerSettings, device: str)
     w = linear.weight.detach().to(device)
     q, scales, zeros = quantize_rtn(w, s.bits, s.group_size, s.sym)
     layer = IntWeight(q.cpu(), scales.cpu(), zeros.cpu(), group_index(w.shape[1], s.group_size), s.bits)
-    err = layer_error(w.cpu(), layer.dequantize())
+    err = relative_error(w.cpu(), layer.dequantize())
     return layer, {"module": name, "bits": s.bits, "group_size": s.group_size,
                    "rel_error": err, "seconds": time.perf_counter() - t0}
 
