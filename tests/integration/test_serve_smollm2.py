@@ -15,7 +15,7 @@ pytestmark = [pytest.mark.slow,
 def w8_checkpoint(tmp_path_factory):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmquant.loading import materialize_base, resolve_source
+    from llmquant.loading.sources import materialize_base, resolve_source
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.rtn.quantizer import RTNQuantizer
     from llmquant.recipe import RTNVariant

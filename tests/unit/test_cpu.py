@@ -25,7 +25,7 @@ def _probe(env_cap):
     if env_cap:
         env["ATEN_CPU_CAPABILITY"] = env_cap
     code = ("import json, os; from llmquant.cpu import cpu_info, isolate_inductor_cache; "
-            "from llmquant.loading import resolve_dtype; isolate_inductor_cache(); i = cpu_info(); "
+            "from llmquant.loading.runtime import resolve_dtype; isolate_inductor_cache(); i = cpu_info(); "
             "print(json.dumps({**i.as_dict(), 'auto': resolve_dtype('auto', 'cpu'), "
             "'cache': os.environ['TORCHINDUCTOR_CACHE_DIR']}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)

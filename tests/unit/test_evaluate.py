@@ -5,7 +5,7 @@ import torch
 from safetensors.torch import save_file
 
 from llmquant.eval.evaluate import EvalJob, cast_model, evaluate_checkpoint, protocol_for
-from llmquant.loading import cpu_has_bf16, resolve_dtype
+from llmquant.loading.runtime import cpu_has_bf16, resolve_dtype
 
 
 @pytest.fixture(scope="module")

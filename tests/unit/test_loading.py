@@ -3,7 +3,7 @@ import json
 import pytest
 
 from llmquant.errors import UserError
-from llmquant.loading import fingerprint, resolve_source
+from llmquant.loading.sources import fingerprint, resolve_source
 
 
 def test_resolve_kinds(tmp_path, tiny_model_dir):

@@ -129,7 +129,7 @@ def test_llama2_70b_on_gpus(tmp_path):
 
 def test_packed_size_matches_a_written_checkpoint(tmp_path, tiny_model_dir):
     """The arithmetic against the tensors RTN actually writes (tiny Llama, W4 g32 and W8 g64)."""
-    from llmquant.loading import load_config, resolve_source
+    from llmquant.loading.sources import load_config, resolve_source
     from llmquant.pipeline import run
     from llmquant.preflight import meta_model
     from llmquant.serve.artifact import _DTYPE_BYTES, numel, tensor_table

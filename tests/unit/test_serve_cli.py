@@ -99,7 +99,7 @@ def test_dry_run_local(run_dir):
     assert (f"llmquant serve {run_dir / 'variants/w4/checkpoint'} --engine local --host 127.0.0.1 --port 9001 "
             "--name w4 --dtype auto --device auto --max-tokens 64") in out and "--compile memory: ~" in out
     # the memory line is plan's arithmetic for this checkpoint (its own test: test_plan.py)
-    from llmquant.loading import resolve_dtype
+    from llmquant.loading.runtime import resolve_dtype
     from llmquant.plan import checkpoint_estimate
 
     est = checkpoint_estimate(run_dir / "variants/w4/checkpoint", resolve_dtype("auto", "cpu"), 64 + 128)

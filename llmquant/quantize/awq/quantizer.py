@@ -72,7 +72,7 @@ def resolve_calib_dtype(choice: str, device: str) -> torch.dtype:
         return getattr(torch, choice)
     if device.startswith("cuda"):
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
-    from ...loading import cpu_has_bf16
+    from ...loading.runtime import cpu_has_bf16
 
     return torch.bfloat16 if cpu_has_bf16() else torch.float32
 

@@ -18,7 +18,7 @@ from safetensors import safe_open
 
 from ...errors import UserError
 from ...formats.checkpoint import save_dtype
-from ...loading import DTYPES
+from ...loading.runtime import DTYPES
 from ...recipe import BnbVariant
 from ..base import CalibrationSet, QuantizeContext
 from ..metrics import relative_error

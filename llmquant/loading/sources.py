@@ -9,22 +9,18 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import torch
-
-from .errors import UserError
-from .runs import atomic_dir, atomic_write_json, content_hash, file_fingerprint, read_json
+from ..errors import UserError
+from ..runs import atomic_dir, atomic_write_json, content_hash, file_fingerprint, read_json
 
 log = logging.getLogger("llmquant")
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -190,91 +186,21 @@ def materialize_base(src: ModelSource, dest: Path, dtype: str = "float32") -> Pa
         return dest
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .models import first_line
+    from .runtime import DTYPES
+
     log.info("de-quantizing %s to %s", src.path, dtype)
     try:
         tok = AutoTokenizer.from_pretrained(src.gguf_dir, gguf_file=src.path.name)
         model = AutoModelForCausalLM.from_pretrained(src.gguf_dir, gguf_file=src.path.name, dtype=DTYPES[dtype])
     except (ValueError, KeyError, RuntimeError, OSError) as e:
-        raise UserError(f"model.source: transformers cannot load GGUF {src.path}: {_first_line(e)}") from None
+        raise UserError(f"model.source: transformers cannot load GGUF {src.path}: {first_line(e)}") from None
     _clear_quantizer_state(model)
     with atomic_dir(dest) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         atomic_write_json(tmp / "llmquant-source.json", key)
     return dest
-
-
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt", "tokenizer_config.json")
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
-def load_tokenizer(path: Path, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoTokenizer
-
-    path = Path(path)
-    if path.is_dir() and not any((path / f).exists() for f in TOKENIZER_FILES):
-        raise UserError(f"{path}: no tokenizer files ({', '.join(TOKENIZER_FILES[:3])}, ...); "
-                        "copy the tokenizer of the original model into this directory")
-    try:
-        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, TypeError) as e:
-        raise UserError(f"{path}: no usable tokenizer ({_first_line(e)})") from None
-
-
-def load_error(path: Path, e: BaseException) -> UserError | None:
-    """A one-line UserError for the ways a model directory can be unreadable, else None (a bug)."""
-    import pickle
-
-    name = type(e).__name__
-    if name == "SafetensorError":
-        return UserError(f"{path}: corrupted or truncated safetensors file ({_first_line(e)})")
-    if isinstance(e, pickle.UnpicklingError):
-        return UserError(f"{path}: refusing to load pickled weights that hold more than tensors (only "
-                         "torch.load(weights_only=True) is allowed); convert the checkpoint to safetensors")
-    if isinstance(e, (OSError, ValueError, KeyError)):
-        return UserError(f"{path}: cannot load model ({_first_line(e)})")
-    return None
-
-
-def load_hf_model(path: Path, dtype: str, device: str, trust_remote_code: bool = False) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code)
-    except Exception as e:
-        err = load_error(path, e)
-        if err is None:
-            raise
-        raise err from None
-    return model.to(device).eval()
-
-
-def cpu_has_bf16() -> bool:
-    """AVX512-bf16 / AMX at an AVX512 dispatch: where bf16 matmuls are fast (cpu.bf16_fast)."""
-    from .cpu import cpu_info
-
-    return cpu_info().bf16_fast
-
-
-def resolve_dtype(choice: str, device: str) -> str:
-    """The compute dtype for `auto`: fp16 on CUDA, bf16 on a CPU with bf16 support, else fp32."""
-    if choice != "auto":
-        return choice
-    if device.startswith("cuda"):
-        return "float16"
-    return "bfloat16" if cpu_has_bf16() else "float32"
-
-
-def pick_device(choice: str) -> str:
-    if choice == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if choice == "cuda" and not torch.cuda.is_available():
-        raise UserError("model.device: 'cuda' requested but no CUDA GPU is available; use 'cpu' or 'auto'")
-    return choice
 
 
 def read_config_json(path: Path) -> dict:
@@ -291,12 +217,3 @@ def weights_size(path: Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.iterdir() if f.suffix in WEIGHT_SUFFIXES)
-
-
-def set_threads() -> None:
-    """Use every core this process may run on (torch's default can be lower in containers)."""
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    torch.set_num_threads(max(1, n))
