@@ -59,3 +59,27 @@ def test_more_bits_less_error():
         q, s, z = quantize_rtn(w, bits, 32, True)
         errs.append(float((dequantize_groups(q, s, z, group_index(64, 32)) - w).norm()))
     assert errs == sorted(errs, reverse=True)
+
+
+def test_quantize_groups_takes_either_convention():
+    """quantize_rtn is quantize_groups on the GPTQ v1 grid; the AWQ grid lays its output out the
+    same way and dequantizes to fake_quantize_groups."""
+    from functools import partial
+
+    from llmquant.quantize.grid import awq_grid_params, fake_quantize_groups, grid_params, quantize_groups
+
+    torch.manual_seed(3)
+    w = torch.randn(6, 64)
+    q, s, z = quantize_groups(w, 4, 16, partial(grid_params, bits=4, sym=False))
+    for a, b in zip((q, s, z), quantize_rtn(w, 4, 16, False)):
+        assert torch.equal(a, b)
+    awq = partial(awq_grid_params, bits=4, zero_point=True)
+    q, s, z = quantize_groups(w, 4, 16, awq)
+    assert q.shape == (6, 64) and s.shape == z.shape == (4, 6)
+    deq = dequantize_groups(q, s, z, group_index(64, 16))
+    assert torch.equal(deq, fake_quantize_groups(w, 4, 16, awq))
+    # all-positive groups: AWQ's range starts at their minimum (zero 0), GPTQ v1's contains 0 and
+    # keeps zeros >= 1
+    pos = w.abs() + 0.1
+    assert (quantize_groups(pos, 4, 16, awq)[2] == 0).all()
+    assert (quantize_rtn(pos, 4, 16, False)[2] >= 1).all()
