@@ -64,7 +64,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
     from llmquant.quantize.awq.quantizer import AWQQuantizer
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
-    from llmquant.recipe import AWQVariant
+    from llmquant.quantize.awq.config import AWQVariant
 
     set_threads()
     t0 = time.perf_counter()

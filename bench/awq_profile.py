@@ -78,7 +78,8 @@ def worker(a: argparse.Namespace) -> dict:
     from llmquant.loading import set_threads
     from llmquant.quantize.awq import awq_math, awq_search, quantizer as awq
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
-    from llmquant.recipe import AWQVariant, GPTQVariant
+    from llmquant.quantize.awq.config import AWQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
 
     set_threads()
     model, tok = load_cut(a.model, a.blocks)

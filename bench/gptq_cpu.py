@@ -99,7 +99,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.gptq.quantizer import GPTQQuantizer
-    from llmquant.recipe import GPTQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
 
     set_threads()
     t0 = time.perf_counter()

@@ -91,7 +91,9 @@ def child(args: argparse.Namespace) -> None:
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.lazy import lazy_model
     from llmquant.quantize.measure import measure_step
-    from llmquant.recipe import AWQVariant, GPTQVariant, RTNVariant
+    from llmquant.quantize.awq.config import AWQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
+    from llmquant.quantize.rtn.config import RTNVariant
 
     model_dir = Path(args.model)
     tok = load_tokenizer(model_dir)

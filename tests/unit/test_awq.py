@@ -15,7 +15,7 @@ from llmquant.quantize import sequential
 from llmquant.quantize.awq import awq_arch
 from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer, fold_scale
 from llmquant.quantize.base import QuantizeContext
-from llmquant.recipe import AWQVariant
+from llmquant.quantize.awq.config import AWQVariant
 from tests.conftest import load_fp32, write_recipe
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)

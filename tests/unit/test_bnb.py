@@ -13,7 +13,8 @@ from llmquant.errors import UserError  # noqa: E402
 from llmquant.formats.load import inspect_checkpoint, load_checkpoint  # noqa: E402
 from llmquant.quantize.base import QuantizeContext  # noqa: E402
 from llmquant.quantize.bnb.quantizer import BnbQuantizer  # noqa: E402
-from llmquant.recipe import BnbVariant, parse_recipe  # noqa: E402
+from llmquant.recipe import parse_recipe  # noqa: E402
+from llmquant.quantize.bnb.config import BnbVariant
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 

@@ -11,7 +11,7 @@ from llmquant.formats.qlinear import QuantLinear
 from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.grid import dequantize_groups, group_index, quantize_rtn
 from llmquant.quantize.rtn.quantizer import RTNQuantizer
-from llmquant.recipe import RTNVariant
+from llmquant.quantize.rtn.config import RTNVariant
 
 
 def quantize_to(tmp_path, model_dir, **kw):

@@ -15,7 +15,7 @@ from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.gptq.quantizer import GPTQQuantizer, solve_layer
 from llmquant.quantize.gptq.gptq_math import accumulate_hessian, gptq_quantize
 from llmquant.quantize.targets import LayerSettings
-from llmquant.recipe import GPTQVariant
+from llmquant.quantize.gptq.config import GPTQVariant
 from tests.conftest import load_fp32
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

@@ -29,7 +29,7 @@ from ...errors import UserError
 from ...formats import awq_gemm
 from ...formats.checkpoint import save_dtype, write_checkpoint
 from ...formats.intweight import IntWeight
-from ...recipe import AWQVariant
+from .config import AWQVariant
 from ...runs import content_hash
 from . import awq_arch
 from .awq_math import (

@@ -19,7 +19,7 @@ from safetensors import safe_open
 from ...errors import UserError
 from ...formats.checkpoint import save_dtype
 from ...loading import DTYPES
-from ...recipe import BnbVariant
+from .config import BnbVariant
 from ..base import CalibrationSet, QuantizeContext
 
 log = logging.getLogger("llmquant")

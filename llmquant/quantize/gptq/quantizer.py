@@ -14,7 +14,7 @@ from ...errors import UserError
 from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
-from ...recipe import GPTQVariant
+from .config import GPTQVariant
 from ...runs import content_hash
 from ..base import CalibrationSet, QuantizeContext
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize

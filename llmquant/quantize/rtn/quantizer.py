@@ -16,7 +16,7 @@ from torch import nn
 from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
-from ...recipe import RTNVariant
+from .config import RTNVariant
 from ..base import CalibrationSet, QuantizeContext
 from ..checkpoint_stream import CheckpointStream
 from ..grid import group_index, quantize_rtn
