@@ -118,7 +118,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
                                            QuantizeContext(device="cpu", tokenizer=tok, progress=PrintProgress()))
         quantize_s = time.perf_counter() - t0
     per_module = {}
-    for row in summary["layers"]:
+    for row in summary.layers:
         kind = row["module"].rsplit(".", 1)[-1]
         per_module.setdefault(kind, []).append(row["seconds"])
     return {"tool": f"llmquant {variant.method}" + ("" if a.max_parked is None else f" (max_parked {a.max_parked})"),

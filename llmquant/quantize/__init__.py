@@ -10,6 +10,8 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..peers import backend_of, is_peer
+
 if TYPE_CHECKING:
     from .base import Quantizer
 
@@ -80,3 +82,21 @@ def config_class(method: str) -> type:
 def variant_configs() -> tuple[type, ...]:
     """Every method's variant config, in table order: the members of the recipe's `variants:` union."""
     return tuple(config_class(m) for m in METHODS)
+
+
+PEER_QUANTIZER = "llmquant.peers.run:PeerQuantizer"
+"""The backend for variants whose `backend:` names a peer tool (the peers' own table,
+llmquant.peers.BACKENDS, says which methods each serves)."""
+
+
+def quantizer_for(variant, peers: dict) -> "Quantizer":
+    """The quantizer for a variant: ours from METHODS, or the peer its `backend` names
+    (`peers`: {backend name: llmquant.peers.interpreter.Peer})."""
+    if not is_peer(variant):
+        return get_quantizer(variant.method)
+    return _resolve(PEER_QUANTIZER)(variant.method, peers[backend_of(variant)])
+
+
+def loads_own_model(variant) -> bool:
+    """True when the pipeline should not load the model for this variant's quantizer."""
+    return METHODS[variant.method].loads_own_model or is_peer(variant)
