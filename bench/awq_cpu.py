@@ -64,7 +64,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
     from llmquant.quantize.awq.quantizer import AWQQuantizer
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
-    from llmquant.recipe import AWQVariant
+    from llmquant.quantize.awq.config import AWQVariant
 
     set_threads()
     t0 = time.perf_counter()
@@ -81,12 +81,12 @@ def worker_ours(a: argparse.Namespace) -> dict:
                                           QuantizeContext(device="cpu", tokenizer=tok, progress=PrintProgress()))
         quantize_s = time.perf_counter() - t0
     search: dict[str, float] = {}
-    for row in summary["layers"]:
+    for row in summary.layers:
         if row.get("awq_prev"):
             search[row["awq_prev"]] = search.get(row["awq_prev"], 0.0) + row.get("search_seconds", 0.0)
     label = ", ".join(f"{k}={v}" for k, v in overrides.items()) or "defaults"
     return {"tool": f"llmquant awq ({label})", "load_s": load_s, "quantize_s": quantize_s,
-            "calib_dtype": summary["calib_dtype"],
+            "calib_dtype": summary.details["calib_dtype"],
             "rss_after_load_mb": rss_loaded / 2**20, "peak_rss_quantize_mb": mem.peak / 2**20,
             "peak_rss_process_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "search_seconds_by_prev_op": search}

@@ -78,7 +78,8 @@ def worker(a: argparse.Namespace) -> dict:
     from llmquant.loading import set_threads
     from llmquant.quantize.awq import awq_math, awq_search, quantizer as awq
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
-    from llmquant.recipe import AWQVariant, GPTQVariant
+    from llmquant.quantize.awq.config import AWQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
 
     set_threads()
     model, tok = load_cut(a.model, a.blocks)
@@ -108,7 +109,7 @@ def worker(a: argparse.Namespace) -> dict:
     keys = ("search_samples", "coarse_grid", "n_grid", "calib_dtype", "propagate") if a.worker == "awq" else ("true_sequential",)
     return {"tool": a.worker, "overrides": a.overrides, "settings": {k: getattr(variant, k) for k in keys},
             "quantize_s": wall, "phases": dict(timers.t),
-            "block_seconds": summary.get("block_seconds"), "calib_dtype": summary.get("calib_dtype")}
+            "block_seconds": summary.details.get("block_seconds"), "calib_dtype": summary.details.get("calib_dtype")}
 
 
 def main() -> None:

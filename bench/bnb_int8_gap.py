@@ -144,7 +144,7 @@ def main() -> None:
     from llmquant.loading import set_threads
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.bnb.quantizer import BnbQuantizer
-    from llmquant.recipe import BnbVariant
+    from llmquant.quantize.bnb.config import BnbVariant
 
     set_threads()
     ids = load_file(args.tokens)["input_ids"]

@@ -24,7 +24,7 @@ def make_rtn(model_dir: Path, out: Path, bits: int) -> Path:
 
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.rtn.quantizer import RTNQuantizer
-    from llmquant.recipe import RTNVariant
+    from llmquant.quantize.rtn.config import RTNVariant
     from llmquant.runs import atomic_dir
 
     if (out / "config.json").exists():

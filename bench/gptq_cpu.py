@@ -99,7 +99,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
     from llmquant.loading import load_hf_model, load_tokenizer, set_threads
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.gptq.quantizer import GPTQQuantizer
-    from llmquant.recipe import GPTQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
 
     set_threads()
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def worker_ours(a: argparse.Namespace) -> dict:
                                            QuantizeContext(device="cpu", tokenizer=tok, progress=PrintProgress()))
         quantize_s = time.perf_counter() - t0
     per_module = {}
-    for row in summary["layers"]:
+    for row in summary.layers:
         kind = row["module"].rsplit(".", 1)[-1]
         per_module.setdefault(kind, []).append(row["seconds"])
     return {"tool": f"llmquant {variant.method}" + ("" if a.max_parked is None else f" (max_parked {a.max_parked})"),

@@ -29,7 +29,8 @@ from gptq_cpu import CACHE, CALIB_CORPUS, EVAL_CORPUS  # noqa: E402
 
 
 def variant_for(name: str):
-    from llmquant.recipe import GPTQVariant, RTNVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
+    from llmquant.quantize.rtn.config import RTNVariant
 
     m = re.fullmatch(r"(rtn|gptq|gptq-plain|gptq-act)-w(\d)-g(-?\d+)", name)
     if not m:

@@ -91,7 +91,9 @@ def child(args: argparse.Namespace) -> None:
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.lazy import lazy_model
     from llmquant.quantize.measure import measure_step
-    from llmquant.recipe import AWQVariant, GPTQVariant, RTNVariant
+    from llmquant.quantize.awq.config import AWQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
+    from llmquant.quantize.rtn.config import RTNVariant
 
     model_dir = Path(args.model)
     tok = load_tokenizer(model_dir)
@@ -111,9 +113,9 @@ def child(args: argparse.Namespace) -> None:
     with measure_step(args.device) as m:
         summary = Q().quantize(model, variant, CalibrationSet(crops, "scale"), Path(args.out),
                                QuantizeContext(device=args.device, tokenizer=tok, blocks=blocks))
-    m["block_seconds"] = summary.get("block_seconds", [])
+    m["block_seconds"] = summary.details.get("block_seconds", [])
     m["checkpoint_bytes"] = sum(f.stat().st_size for f in Path(args.out).glob("*.safetensors"))
-    m["calib_dtype"] = summary.get("calib_dtype")
+    m["calib_dtype"] = summary.details.get("calib_dtype")
     print("RESULT " + json.dumps(m))
 
 

@@ -23,7 +23,7 @@ from .eval.results import EvalResult
 from .loading import fingerprint, load_error, load_hf_model, load_tokenizer, materialize_base, pick_device, resolve_dtype
 from .preflight import check_plan, preflight
 from .progress import NULL_PROGRESS, Progress
-from .peers.run import loads_own_model, quantizer_for
+from .quantize import loads_own_model, quantizer_for
 from .quantize import METHODS
 from .quantize.base import CalibrationSet, QuantizeContext
 from .quantize.measure import measure_step
@@ -316,7 +316,7 @@ def _run(recipe: Recipe, progress: Progress, fresh: bool, board_path: Path | Non
                                       **activation_settings(recipe))
                 with resource_errors(f"variants[{recipe.variants.index(v)}] ({v.name})", ckpt):
                     with atomic_dir(ckpt) as tmp:
-                        summary = quantizer.quantize(model, v, calib, tmp, ctx)
+                        summary = quantizer.quantize(model, v, calib, tmp, ctx).to_dict()
                 del model, blocks
                 gc.collect()
             measured.update(peer_peak(summary))

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 from .errors import UserError
 from .loading import ModelSource, load_config, resolve_source
-from .recipe import Recipe, WeightOnlyVariant
+from .recipe import Recipe
+from .quantize.config import WeightOnlyVariant
 
 log = logging.getLogger("llmquant")
 

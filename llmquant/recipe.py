@@ -7,51 +7,17 @@ directory, so a recipe works from any working directory.
 
 from __future__ import annotations
 
-import re
+import importlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    PrivateAttr,
-    ValidationError,
-    SerializerFunctionWrapHandler,
-    field_validator,
-    model_serializer,
-    model_validator,
-)
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from .errors import UserError
-from .peers import METHOD_BACKENDS, OURS, PEER_NAMES
-from .quantize import METHODS
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-Dtype = Literal["auto", "float32", "bfloat16", "float16"]
-Device = Literal["auto", "cpu", "cuda"]
-GPTQ_BITS = (2, 3, 4, 8)
-"""Bit widths the GPTQ v1 checkpoint format (and so vLLM/transformers) can store."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-def _check_name(v: str) -> str:
-    if not NAME_RE.match(v):
-        raise ValueError(
-            "must be 1-64 characters of letters, digits, '.', '_' or '-', starting with a letter or digit"
-        )
-    return v
-
-
-def _check_group_size(v: int) -> int:
-    if v != -1 and v < 1:
-        raise ValueError("must be -1 (one group per row) or a positive divisor of the layer's input features")
-    return v
-
+from .peers import PEER_NAMES
+from .quantize import METHODS, variant_configs
+from .schema import Device, Dtype, OutputSpec, RecipePaths, Strict, check_name, format_validation_error
 
 class DatasetSpec(Strict):
     """A corpus: a local file (.txt, .jsonl, .json, .parquet, .tokens), `builtin:pydoc`, or a hub name."""
@@ -139,214 +105,8 @@ class EvalSpec(Strict):
         return v
 
 
-class ModuleOverride(Strict):
-    """Per-module settings, matched with re.search against module names such as
-    `model.layers.3.mlp.down_proj`. The first matching override wins."""
-
-    pattern: str
-    skip: bool = False
-    bits: Literal[2, 3, 4, 8] | None = None
-    group_size: int | None = None
-    sym: bool | None = None
-
-    @field_validator("pattern")
-    @classmethod
-    def _regex(cls, v: str) -> str:
-        try:
-            re.compile(v)
-        except re.error as e:
-            raise ValueError(f"is not a valid regular expression ({e})") from None
-        return v
-
-    @field_validator("group_size")
-    @classmethod
-    def _group(cls, v: int | None) -> int | None:
-        return None if v is None else _check_group_size(v)
-
-
-class VariantBase(Strict):
-    name: str
-    save_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
-        "auto", description="dtype of the tensors left unquantized; auto = float16 unless the model is bfloat16"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        return _check_name(v)
-
-
-class WeightOnlyVariant(VariantBase):
-    """Options shared by weight-only integer methods stored in packed integer formats."""
-
-    bits: Literal[2, 3, 4, 8] = 4
-    group_size: int = 128
-    sym: bool = True
-    quantize_lm_head: bool = False
-    overrides: list[ModuleOverride] = []
-
-    @field_validator("group_size")
-    @classmethod
-    def _group(cls, v: int) -> int:
-        return _check_group_size(v)
-
-
-class RTNVariant(WeightOnlyVariant):
-    """Round-to-nearest: each group's min/max (or absmax) sets its grid; no calibration."""
-
-    method: Literal["rtn"]
-
-
-class BnbVariant(VariantBase):
-    """bitsandbytes through transformers' BitsAndBytesConfig: LLM.int8 or 4-bit NF4/FP4.
-
-    int8 is LLM.int8(): int8 weights per row, activations quantized to int8 per token at run
-    time except the input columns holding a value >= `threshold`, which stay in floating point.
-    """
-
-    method: Literal["bnb"]
-    mode: Literal["int8", "nf4", "fp4"] = "nf4"
-    threshold: float = Field(6.0, ge=0, description="LLM.int8 outlier threshold (int8 only); 0 disables the decomposition")
-    skip_modules: list[str] | None = Field(
-        None, description="modules left unquantized (default: transformers' choice, the output head)")
-    double_quant: bool = Field(False, description="also quantize the 4-bit absmax constants (nf4/fp4 only)")
-    compute_dtype: Dtype | None = Field(None, description="dtype of the 4-bit matmul (nf4/fp4 only); default float32")
-    quant_storage: Literal["uint8", "float16", "bfloat16", "float32"] = Field(
-        "uint8", description="dtype the packed 4-bit weights are stored in (nf4/fp4 only)")
-
-    @model_validator(mode="after")
-    def _mode_fields(self) -> "BnbVariant":
-        four_bit = {"double_quant", "compute_dtype", "quant_storage"} & self.model_fields_set
-        if self.mode == "int8" and four_bit:
-            raise ValueError(f"{', '.join(sorted(four_bit))} only apply to mode nf4 or fp4, not int8")
-        if self.mode != "int8" and "threshold" in self.model_fields_set:
-            raise ValueError(f"threshold only applies to mode int8, not {self.mode}")
-        return self
-
-    @property
-    def bits(self) -> int:
-        return 8 if self.mode == "int8" else 4
-
-    @property
-    def group_size(self) -> int | None:
-        return None if self.mode == "int8" else 64  # bitsandbytes' 4-bit blocks of 64 weights
-
-
-class PeerBackedVariant(WeightOnlyVariant):
-    """A weight-only method a peer tool may quantize instead of us (llmquant/peers): a subclass
-    declares `backend: Literal[METHOD_BACKENDS["<method>"]] = backend_field()`."""
-
-    @model_validator(mode="after")
-    def _peer_limits(self):
-        backend = getattr(self, "backend", OURS)
-        if backend != OURS:
-            if self.overrides:
-                raise ValueError(f"overrides are not passed to backend {backend}; use backend: {OURS}")
-            if self.quantize_lm_head:
-                raise ValueError(f"quantize_lm_head is not passed to backend {backend}; use backend: {OURS}")
-        return self
-
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # leave the default backend out, so variants (and cache keys) from before `backend` stay the same
-        data = handler(self)
-        if isinstance(data, dict) and data.get("backend") == OURS:
-            data.pop("backend")
-        return data
-
-
-def backend_field():
-    return Field(OURS, description="who quantizes: llmquant (ours), or a peer tool in its own venv (gptqmodel, "
-                                   "llmcompressor) whose checkpoint our loader and protocol evaluate; see `peers:`")
-
-
-class GPTQVariant(PeerBackedVariant):
-    """GPTQ: each Linear solved layer by layer from calibration Hessians, with error feedback."""
-
-    method: Literal["gptq"]
-    desc_act: bool = Field(False, description="act-order: quantize columns by decreasing Hessian diagonal")
-    static_groups: bool = Field(False, description="choose every group's grid before any update")
-    act_group_aware: bool = Field(True, description="group-aware reordering: solve groups by importance, "
-                                                    "g_idx stays monotonic (gptqmodel's default; off with desc_act)")
-    damp_percent: float = Field(0.01, gt=0, le=1, description="damping, as a fraction of the mean Hessian diagonal")
-    true_sequential: bool = Field(True, description="later linears of a block calibrate on the quantized earlier ones")
-    block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
-    backend: Literal[METHOD_BACKENDS["gptq"]] = backend_field()  # type: ignore[valid-type]
-
-
-AWQ_BITS = (4,)
-"""Bit widths an AWQ GEMM checkpoint may have here: vLLM's awq kernel is 4-bit only and awq_marlin's
-zero-point types are uint4 only (marlin_utils.query_marlin_supported_quant_types)."""
-
-
-class AWQVariant(PeerBackedVariant):
-    """AWQ: per-channel scales searched on calibration activations, folded into the previous op,
-    then clipping and round-to-nearest on AWQ's asymmetric grid; an AWQ GEMM checkpoint."""
-
-    method: Literal["awq"]
-    zero_point: bool = Field(True, description="asymmetric grid with zero points (AWQ's default); false: symmetric")
-    n_grid: int = Field(20, ge=1, le=1000, description="scale ratios tried per mapping (0, 1/n, ..., (n-1)/n)")
-    duo_scaling: bool = Field(True, description="scales from activation and weight magnitudes (AutoAWQ's default)")
-    clip: bool = Field(True, description="search a clipping bound per weight group after scaling")
-    clip_n_grid: int = Field(20, ge=1, le=1000, description="clip bounds are max|w| * (1 - i / clip_n_grid)")
-    clip_max_shrink: float = Field(0.5, ge=0, lt=1, description="largest fraction of max|w| clipped away")
-    search_samples: int | None = Field(
-        16, ge=1, description="how many calibration samples' worth of tokens score the scale search through the "
-                              "attention (the first N samples, whole) and the MLP (every k-th token of every "
-                              "sample, as many tokens); null: every sample. Statistics and clipping always use "
-                              "every sample")
-    propagate: Literal["quantized", "float"] = Field(
-        "quantized", description="what the next block calibrates on: this block's outputs once it is quantized "
-                                 "(one more forward per block), or its float outputs (AutoAWQ's and llm-awq's "
-                                 "protocol: the float model's activations throughout)")
-    coarse_grid: int | None = Field(
-        5, ge=2, description="coarse-to-fine scale search: score this many evenly spaced ratios (and s = 1), then "
-                             "the ratios around the best; null: score all n_grid ratios")
-    calib_dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="matmul dtype while calibrating (block forwards, statistics, search); auto: bfloat16 "
-                            "where the device computes it fast (AMX/AVX512-BF16 CPUs, CUDA), else float32")
-    max_chunk_memory_mb: int = Field(1024, ge=16, description="working memory bound of one search forward")
-    backend: Literal[METHOD_BACKENDS["awq"]] = backend_field()  # type: ignore[valid-type]
-
-    @field_validator("bits")
-    @classmethod
-    def _awq_bits(cls, v: int) -> int:
-        if v not in AWQ_BITS:
-            raise ValueError(f"an AWQ GEMM checkpoint holds 4-bit weights: vLLM's awq kernel takes 4 bits only and awq_marlin "
-                             f"has zero-point kernels for uint4 only; use method gptq for {v}-bit weights")
-        return v
-
-    @field_validator("sym", mode="before")
-    @classmethod
-    def _no_sym(cls, v: Any) -> Any:
-        raise ValueError("there is no sym option for AWQ; use zero_point (true: asymmetric, the default; false: symmetric)")
-
-    @field_validator("quantize_lm_head")
-    @classmethod
-    def _no_head(cls, v: bool) -> bool:
-        if v:
-            raise ValueError("method awq does not quantize lm_head (no op before it to fold a scale into "
-                             "when embeddings are tied); use method gptq or rtn for that")
-        return v
-
-    @field_validator("overrides")
-    @classmethod
-    def _overrides(cls, v: list[ModuleOverride]) -> list[ModuleOverride]:
-        for i, o in enumerate(v):
-            if o.bits is not None and o.bits not in AWQ_BITS:
-                raise ValueError(f"overrides[{i}].bits: {o.bits}: an AWQ checkpoint has one bit width (4); "
-                                 "use skip: true to keep a module unquantized")
-            if o.sym is not None:
-                raise ValueError(f"overrides[{i}].sym: an AWQ checkpoint has one zero_point setting for all modules")
-        return v
-
-    @model_validator(mode="after")
-    def _sym_from_zero_point(self) -> "AWQVariant":
-        object.__setattr__(self, "sym", not self.zero_point)  # the grid code reads `sym`
-        return self
-
-
-Variant = Annotated[Union[RTNVariant, GPTQVariant, BnbVariant, AWQVariant], Field(discriminator="method")]
+Variant = Annotated[Union[variant_configs()], Field(discriminator="method")]
+"""A `variants:` entry: the config of the method its `method:` names (one per METHODS entry)."""
 
 
 class SelectSpec(Strict):
@@ -362,13 +122,6 @@ class SelectSpec(Strict):
         None, gt=0, description="speed guard: a variant qualifies only if its first-token latency is at most this "
                                 "times the baseline's (1.0: not slower); needs eval.latency"
     )
-
-
-class OutputSpec(Strict):
-    dir: str | None = Field(None, description="run directory; default ./runs/<recipe name>")
-    board: str | None = Field(None, description="leaderboard SQLite file; default the user data dir")
-    shard_size_mb: float = Field(4096, gt=0, le=1 << 20, description="largest safetensors shard of a quantized "
-                               "checkpoint (written block by block as the model is quantized)")
 
 
 class LocalServeSpec(Strict):
@@ -431,39 +184,6 @@ class ServeSpec(Strict):
         return {True: "serve", False: "none"}.get(v, v) if isinstance(v, bool) else v
 
 
-class RecipePaths:
-    """Where a recipe's relative paths and its run directory lead (shared by the LLM and classic
-    recipes; the model sets ``_path`` when it is loaded from a file and has an ``output`` spec)."""
-
-    _path: Path | None
-    name: str | None
-    output: OutputSpec
-
-    @property
-    def path(self) -> Path | None:
-        return self._path
-
-    @property
-    def base_dir(self) -> Path:
-        return self._path.parent if self._path else Path.cwd()
-
-    @property
-    def run_name(self) -> str:
-        if self.name:
-            return self.name
-        return _check_name(self._path.stem) if self._path else "run"
-
-    def resolve(self, p: str) -> Path:
-        """A path from the recipe, relative to the recipe's directory."""
-        path = Path(p).expanduser()
-        return path if path.is_absolute() else (self.base_dir / path)
-
-    def run_dir(self) -> Path:
-        if self.output.dir:
-            return self.resolve(self.output.dir)
-        return Path.cwd() / "runs" / self.run_name
-
-
 class Recipe(Strict, RecipePaths):
     name: str | None = None
     description: str | None = None
@@ -483,7 +203,7 @@ class Recipe(Strict, RecipePaths):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        return None if v is None else _check_name(v)
+        return None if v is None else check_name(v)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Recipe":
@@ -508,53 +228,20 @@ class Recipe(Strict, RecipePaths):
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _yaml_path(loc: tuple) -> str:
-    """('variants', 2, 'rtn', 'bits') -> 'variants[2].bits' (the union tag is dropped)."""
-    out = ""
-    prev_was_list_index = False
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            prev_was_list_index = True
-            continue
-        if prev_was_list_index and part in _VARIANT_TAGS:
-            prev_was_list_index = False
-            continue
-        if part in ("function-before[_from_string(), DatasetSpec]",):
-            continue
-        out += f".{part}" if out else str(part)
-        prev_was_list_index = False
-    return out or "(top level)"
+def _parse_llm(data: dict, path: Path | str) -> Recipe:
+    try:
+        recipe = Recipe.model_validate({k: v for k, v in data.items() if k != "kind"})
+    except ValidationError as e:
+        raise UserError(format_validation_error(path, e, METHODS)) from None
+    recipe._path = Path(path).resolve() if str(path) != "<recipe>" else None
+    return recipe
 
 
-_VARIANT_TAGS = set(METHODS)
-
-
-def _describe(err: dict) -> str:
-    where = _yaml_path(tuple(err.get("loc", ())))
-    kind = err.get("type", "")
-    value = err.get("input")
-    if kind == "extra_forbidden":
-        return f"{where}: unknown key (check the spelling; see `llmquant validate --help`)"
-    if kind == "missing":
-        return f"{where}: required but missing"
-    if kind == "union_tag_invalid":
-        tag = (err.get("ctx") or {}).get("tag", value)
-        expected = (err.get("ctx") or {}).get("expected_tags", "")
-        return f"{where}.method: {tag!r} is not a known method; allowed: {expected}"
-    if kind == "union_tag_not_found":
-        return f"{where}.method: required (one of {', '.join(sorted(_VARIANT_TAGS))})"
-    msg = err.get("msg", "invalid")
-    msg = msg.removeprefix("Value error, ")
-    if kind == "value_error" and where == "(top level)":
-        return msg
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return f"{where}: got {shown}; {msg[0].lower() + msg[1:] if msg else msg}"
-
-
-def format_validation_error(path: Path | str, e: ValidationError) -> str:
-    parts = [_describe(err) for err in e.errors(include_url=False)]
-    return f"{path}: " + "; ".join(parts)
+RECIPE_KINDS: dict[str, str] = {
+    "llm": "llmquant.recipe:_parse_llm",
+    "classic": "llmquant.classic.recipe:parse_classic",
+}
+"""`kind:` -> its parser ("module:attr", imported when a recipe of that kind is read)."""
 
 
 def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
@@ -563,19 +250,10 @@ def parse_recipe(data: Any, path: Path | str = "<recipe>") -> Recipe:
     if not isinstance(data, dict):
         raise UserError(f"{path}: a recipe must be a YAML mapping (model:, eval:, variants:, ...), got {type(data).__name__}")
     kind = data.get("kind", "llm")
-    if kind == "classic":
-        from .classic.recipe import parse_classic
-
-        return parse_classic(data, path)
-    if kind != "llm":
+    if kind not in RECIPE_KINDS:
         raise UserError(f"{path}: kind: {kind!r} is not a known recipe kind; allowed: llm (the default), classic")
-    data = {k: v for k, v in data.items() if k != "kind"}
-    try:
-        recipe = Recipe.model_validate(data)
-    except ValidationError as e:
-        raise UserError(format_validation_error(path, e)) from None
-    recipe._path = Path(path).resolve() if str(path) != "<recipe>" else None
-    return recipe
+    module, attr = RECIPE_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), attr)(data, path)
 
 
 def load_recipe(path: Path | str) -> Recipe:

@@ -66,7 +66,7 @@ class GPTQModel:
 
         from llmquant.quantize.base import QuantizeContext
         from llmquant.quantize.rtn.quantizer import RTNQuantizer
-        from llmquant.recipe import RTNVariant
+        from llmquant.quantize.rtn.config import RTNVariant
 
         kw = self.qc.kwargs
         if kw.get("method") == "awq":
@@ -86,7 +86,7 @@ class GPTQModel:
         from llmquant.quantize.awq.quantizer import save_awq_model
         from llmquant.quantize.grid import group_index, quantize_rtn
         from llmquant.quantize.targets import find_blocks
-        from llmquant.recipe import AWQVariant
+        from llmquant.quantize.awq.config import AWQVariant
 
         kw = self.qc.kwargs
         prefix, blocks = find_blocks(self.model)

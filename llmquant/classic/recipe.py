@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..errors import UserError
-from ..recipe import OutputSpec, RecipePaths, Strict, _check_name, _describe, _yaml_path
+from ..schema import OutputSpec, RecipePaths, Strict, check_name, describe, yaml_path
 
 METHOD_NAMES = ("dynamic", "static", "qat", "cast", "mixed", "onnx_fp32", "onnx_dynamic", "onnx_static")
 ONNX_METHODS = ("onnx_fp32", "onnx_dynamic", "onnx_static")
@@ -136,7 +136,7 @@ class ClassicVariantBase(Strict):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        return _check_name(v)
+        return check_name(v)
 
 
 class SkipMixin(Strict):
@@ -242,7 +242,7 @@ class ClassicRecipe(Strict, RecipePaths):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str | None) -> str | None:
-        return None if v is None else _check_name(v)
+        return None if v is None else check_name(v)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "ClassicRecipe":
@@ -279,8 +279,8 @@ def _describe_classic(err: dict) -> str:
         shown = f"{tag!r} is not a known method; allowed" if tag is not None else "required (one of"
         return f"{where}.method: {shown} {', '.join(METHOD_NAMES)}" + ("" if tag is not None else ")")
     if kind == "value_error" and isinstance(err.get("input"), dict) and err["loc"]:
-        return f"{_yaml_path(err['loc'])}: {err.get('msg', '').removeprefix('Value error, ')}"
-    return _describe(err)
+        return f"{yaml_path(err['loc'], METHOD_NAMES)}: {err.get('msg', '').removeprefix('Value error, ')}"
+    return describe(err, METHOD_NAMES)
 
 
 def parse_classic(data: dict, path: Path | str = "<recipe>") -> ClassicRecipe:

@@ -75,7 +75,7 @@ class PeerQuantizer:
         # part of the cache key: another peer version re-quantizes
         self.version = f"peer-1 {peer.backend} {peer.version}"
 
-    def quantize(self, model, variant, calib, out_dir: Path, ctx) -> dict:
+    def quantize(self, model, variant, calib, out_dir: Path, ctx):
         if calib is None:
             raise UserError(f"variants: {variant.name}: backend {self.peer.backend} needs a 'calibration' section")
         if ctx.model_dir is None or ctx.work_dir is None:
@@ -112,25 +112,8 @@ class PeerQuantizer:
 
         config = {"bits": info.bits, "group_size": info.group_size, "sym": info.sym, "desc_act": info.desc_act,
                   "quantization_config": info.quant_config}
-        return {"format": info.format, "backend": f"{result.get('peer', self.peer.backend)} "
-                                                  f"{result.get('version', self.peer.version)}",
-                "config": config, "layers": layer_errors(Path(out_dir), Path(ctx.model_dir)),
-                "peer": {k: v for k, v in result.items() if k != "error"}, "ignored": ignored}
+        from ..quantize.base import QuantizeResult
 
-
-def quantizer_for(variant, peers: dict[str, Peer]):
-    """The quantizer for a variant: ours from the METHODS table, or the peer its backend names."""
-    from ..quantize import get_quantizer
-    from . import backend_of, is_peer
-
-    if not is_peer(variant):
-        return get_quantizer(variant.method)
-    return PeerQuantizer(variant.method, peers[backend_of(variant)])
-
-
-def loads_own_model(variant) -> bool:
-    """True when the pipeline should not load the model for this variant's quantizer."""
-    from ..quantize import METHODS
-    from . import is_peer
-
-    return METHODS[variant.method].loads_own_model or is_peer(variant)
+        return QuantizeResult(info.format, config, layer_errors(Path(out_dir), Path(ctx.model_dir)), {
+            "backend": f"{result.get('peer', self.peer.backend)} {result.get('version', self.peer.version)}",
+            "peer": {k: v for k, v in result.items() if k != "error"}, "ignored": ignored})

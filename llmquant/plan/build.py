@@ -223,7 +223,7 @@ def load_step(fp: Footprint, gguf: bool) -> Step:
 def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, device: str,
                 dtype: str, stored: tuple[float, str, int] | None, gguf: bool = False) -> Plan:
     """The steps of `recipe` for the (meta) `model` built from `config` on `machine`."""
-    from ..peers.run import loads_own_model
+    from ..quantize import loads_own_model
     from .footprint import footprint
 
     fp = footprint(model, config, *(stored or (None, None, None)))

@@ -10,15 +10,19 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..peers import backend_of, is_peer
+
 if TYPE_CHECKING:
     from .base import Quantizer
 
 
 @dataclass(frozen=True)
 class MethodEntry:
-    impl: str
+    impl: str  # "module:attr" of the Quantizer class (imported when a variant of the method runs)
+    config: str  # "module:attr" of its variant config (a pydantic model; imported to validate recipes)
     needs_calibration: bool
     summary: str
+    formats: tuple[str, ...] = ()  # checkpoint formats it writes (FORMATS keys); the first is the default
     loads_own_model: bool = False
     requires: tuple[str, ...] = ()  # importable packages the method needs (checked before a run)
     install: str | None = None  # how to get them
@@ -31,11 +35,13 @@ class MethodEntry:
 METHODS: dict[str, MethodEntry] = {
     "rtn": MethodEntry(
         "llmquant.quantize.rtn.quantizer:RTNQuantizer",
+        config="llmquant.quantize.rtn.config:RTNVariant",
         needs_calibration=False,
         summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
     ),
     "bnb": MethodEntry(
         "llmquant.quantize.bnb.quantizer:BnbQuantizer",
+        config="llmquant.quantize.bnb.config:BnbVariant",
         needs_calibration=False,
         summary="bitsandbytes LLM.int8 / NF4 / FP4 through transformers, saved with save_pretrained",
         loads_own_model=True,
@@ -44,11 +50,13 @@ METHODS: dict[str, MethodEntry] = {
     ),
     "gptq": MethodEntry(
         "llmquant.quantize.gptq.quantizer:GPTQQuantizer",
+        config="llmquant.quantize.gptq.config:GPTQVariant",
         needs_calibration=True,
         summary="GPTQ: calibrated layer-by-layer solve with error feedback, GPTQ v1 checkpoint",
     ),
     "awq": MethodEntry(
         "llmquant.quantize.awq.quantizer:AWQQuantizer",
+        config="llmquant.quantize.awq.config:AWQVariant",
         needs_calibration=True,
         summary="AWQ: activation-aware channel scales and clipping, AWQ GEMM checkpoint",
         check="llmquant.quantize.awq.quantizer:check_model",
@@ -57,7 +65,38 @@ METHODS: dict[str, MethodEntry] = {
 }
 
 
+def _resolve(ref: str):
+    module_name, attr = ref.split(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
 def get_quantizer(method: str) -> "Quantizer":
-    entry = METHODS[method]
-    module_name, attr = entry.impl.split(":")
-    return getattr(importlib.import_module(module_name), attr)()
+    return _resolve(METHODS[method].impl)()
+
+
+def config_class(method: str) -> type:
+    """The pydantic model of `method`'s variants."""
+    return _resolve(METHODS[method].config)
+
+
+def variant_configs() -> tuple[type, ...]:
+    """Every method's variant config, in table order: the members of the recipe's `variants:` union."""
+    return tuple(config_class(m) for m in METHODS)
+
+
+PEER_QUANTIZER = "llmquant.peers.run:PeerQuantizer"
+"""The backend for variants whose `backend:` names a peer tool (the peers' own table,
+llmquant.peers.BACKENDS, says which methods each serves)."""
+
+
+def quantizer_for(variant, peers: dict) -> "Quantizer":
+    """The quantizer for a variant: ours from METHODS, or the peer its `backend` names
+    (`peers`: {backend name: llmquant.peers.interpreter.Peer})."""
+    if not is_peer(variant):
+        return get_quantizer(variant.method)
+    return _resolve(PEER_QUANTIZER)(variant.method, peers[backend_of(variant)])
+
+
+def loads_own_model(variant) -> bool:
+    """True when the pipeline should not load the model for this variant's quantizer."""
+    return METHODS[variant.method].loads_own_model or is_peer(variant)

@@ -43,17 +43,31 @@ class QuantizedArtifact:
     layer_report: list[dict] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class QuantizeResult:
+    """What a quantizer returns once its checkpoint is written: recorded in the variant's manifest."""
+
+    format: str  # the checkpoint format written (a FORMATS key, or "bnb-<mode>")
+    config: dict  # the settings the checkpoint holds (bits, group size, its quantization_config, ...)
+    layers: list[dict] = field(default_factory=list)  # per-layer report: [{"module", "bits", "rel_error", ...}]
+    details: dict = field(default_factory=dict)  # method-specific facts (block seconds, resumed blocks, a peer's version)
+
+    def to_dict(self) -> dict:
+        """The manifest's `summary` (the form runs from before this type recorded)."""
+        return {"format": self.format, "config": self.config, "layers": self.layers, **self.details}
+
+
 class Quantizer(Protocol):
     method: str
     version: str  # bump when the method's output changes: it is part of the cache key
 
     def quantize(self, model: torch.nn.Module, variant: Any, calib: CalibrationSet | None,
-                 out_dir: Path, ctx: QuantizeContext) -> dict:
+                 out_dir: Path, ctx: QuantizeContext) -> QuantizeResult:
         """Quantize `model` (which it may modify) and write a checkpoint into `out_dir`.
 
         `model` is None for methods whose table entry says `loads_own_model` (they read
         `ctx.model_dir` themselves, e.g. through transformers' quantization_config).
 
-        Returns the summary to record: {"format": ..., "config": ..., "layers": [...]}.
+        Returns what was written (format, config, per-layer report).
         """
         ...

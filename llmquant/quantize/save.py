@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from ..formats import gptq_v1
 from ..formats.checkpoint import save_dtype, write_checkpoint
 from ..formats.intweight import IntWeight
-from ..recipe import WeightOnlyVariant
+from .config import WeightOnlyVariant
 from .targets import find_blocks
 
 

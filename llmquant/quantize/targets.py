@@ -14,7 +14,7 @@ from typing import Any
 
 from torch import nn
 
-from ..recipe import WeightOnlyVariant
+from .config import WeightOnlyVariant
 
 BLOCK_PATHS = ("model.layers", "model.decoder.layers", "transformer.h", "gpt_neox.layers", "transformer.blocks")
 

@@ -18,7 +18,7 @@ def w8_checkpoint(tmp_path_factory):
     from llmquant.loading.sources import materialize_base, resolve_source
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.rtn.quantizer import RTNQuantizer
-    from llmquant.recipe import RTNVariant
+    from llmquant.quantize.rtn.config import RTNVariant
     from tests.conftest import ROOT
 
     tmp = tmp_path_factory.mktemp("smollm2-serve")

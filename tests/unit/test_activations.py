@@ -10,7 +10,7 @@ from llmquant.quantize.activations import Activations
 from llmquant.quantize.base import CalibrationSet, QuantizeContext
 from llmquant.quantize.gptq.quantizer import GPTQQuantizer
 from llmquant.quantize.lazy import lazy_model
-from llmquant.recipe import GPTQVariant
+from llmquant.quantize.gptq.config import GPTQVariant
 from tests.unit.test_streamed_checkpoint import make_model
 
 

@@ -15,7 +15,7 @@ from llmquant.quantize import sequential
 from llmquant.quantize.awq import awq_arch
 from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer, fold_scale
 from llmquant.quantize.base import QuantizeContext
-from llmquant.recipe import AWQVariant
+from llmquant.quantize.awq.config import AWQVariant
 from tests.conftest import load_fp32, write_recipe
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -125,7 +125,7 @@ def test_checkpoint_is_awq_gemm_and_loads(tmp_path, tiny_model_dir, calib):
     x = calib[0].input_ids[:2]
     with torch.no_grad():  # the quantizer left the de-quantized weights in `model`
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
-    rows = summary["layers"]
+    rows = summary.layers
     assert len(rows) == 21 and all(0 < r["output_error"] < 0.5 for r in rows)
     by = {r["module"]: r for r in rows}
     assert by["model.layers.0.mlp.gate_proj"]["awq_prev"] == "post_attention_layernorm"
@@ -133,17 +133,17 @@ def test_checkpoint_is_awq_gemm_and_loads(tmp_path, tiny_model_dir, calib):
     assert by["model.layers.0.self_attn.q_proj"]["clipped_groups"] == 0.0  # q/k are never clipped
     # the search never ends above "no scaling" on its calibration loss
     assert all(r["awq_loss"] <= r["awq_loss_unscaled"] for r in rows if "awq_loss" in r)
-    assert summary["searched_mappings"] == 9 and summary["solved_blocks"] == [0, 1, 2]
+    assert summary.details["searched_mappings"] == 9 and summary.details["solved_blocks"] == [0, 1, 2]
 
 
 def test_symmetric_grid_and_float32_search(tmp_path, tiny_model_dir, calib):
     out = tmp_path / "ckpt"
     model, summary = quantize(tiny_model_dir, calib, out, zero_point=False, calib_dtype="float32", clip=False)
-    assert summary["calib_dtype"] == "torch.float32"
+    assert summary.details["calib_dtype"] == "torch.float32"
     assert json.loads((out / "config.json").read_text())["quantization_config"]["zero_point"] is False
     t = load_file(str(out / "model.safetensors"))
     assert bool((unpack_awq_words(t["model.layers.0.mlp.up_proj.qzeros"]) == 8).all())  # 2**(bits-1)
-    assert all(r["clipped_groups"] == 0.0 for r in summary["layers"])
+    assert all(r["clipped_groups"] == 0.0 for r in summary.layers)
     loaded, _, _ = load_checkpoint(out, "float32", "cpu")
     x = calib[0].input_ids[:2]
     with torch.no_grad():
@@ -157,7 +157,7 @@ def test_overrides_skip_and_group_size(tmp_path, tiny_model_dir, calib, caplog):
             {"pattern": r"layers\.2\.self_attn\.q_proj", "skip": True},
             {"pattern": r"mlp\.down_proj", "group_size": 64}])
     assert "vLLM reads one group_size" in caplog.text
-    by = {r["module"]: r for r in summary["layers"]}
+    by = {r["module"]: r for r in summary.layers}
     assert "model.layers.2.self_attn.q_proj" not in by and len(by) == 20
     assert by["model.layers.0.mlp.down_proj"]["group_size"] == 64
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
@@ -204,15 +204,15 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     monkeypatch.setattr(AWQHandler, "_search", lambda self, r, g: (searched.append(g.names[0]), real_search(self, r, g)))
     with caplog.at_level(logging.INFO, logger="llmquant"):
         _, resumed = quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work, **search)
-    assert resumed["resumed_blocks"] == [0, 1] and resumed["solved_blocks"] == [2]
-    assert resumed["searched_mappings"] == 3 and all(n.startswith("model.layers.2.") for n in searched)
+    assert resumed.details["resumed_blocks"] == [0, 1] and resumed.details["solved_blocks"] == [2]
+    assert resumed.details["searched_mappings"] == 3 and all(n.startswith("model.layers.2.") for n in searched)
     assert "re-applied from the saved search" in caplog.text
     a = (tmp_path / "whole" / "model.safetensors").read_bytes()
     assert (tmp_path / "resumed" / "model.safetensors").read_bytes() == a
     key = lambda rows: [(r["module"], r["output_error"], r.get("awq_ratio"), r["clipped_groups"]) for r in rows]  # noqa: E731
-    assert key(resumed["layers"]) == key(whole["layers"])  # restored blocks report their saved rows
+    assert key(resumed.layers) == key(whole.layers)  # restored blocks report their saved rows
     scored = {r["awq_prev"]: (r["awq_search_tokens"], r["awq_candidates_scored"])
-              for r in whole["layers"] if r.get("awq_prev")}
+              for r in whole.layers if r.get("awq_prev")}
     all_tokens, grid = 12 * 64, 21  # n_grid 20 and s = 1
     if "search_samples" in search:  # attention: the first 4 samples whole; MLP: every 3rd token; lone Linears: all tokens
         assert scored == {"input_layernorm": (4 * 64, grid), "post_attention_layernorm": (12 * 64 // 3, grid),
@@ -224,11 +224,11 @@ def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monk
     # every block saved: the search is re-applied without a single search or forward
     searched.clear()
     _, again = quantize(tiny_model_dir, calib, tmp_path / "again", work_dir=work, **search)
-    assert again["resumed_blocks"] == [0, 1, 2] and again["searched_mappings"] == 0 and not searched
+    assert again.details["resumed_blocks"] == [0, 1, 2] and again.details["searched_mappings"] == 0 and not searched
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == a
     # other search settings do not reuse it
     _, other = quantize(tiny_model_dir, calib, tmp_path / "other", work_dir=work, **(search | {"n_grid": 10}))
-    assert other["resumed_blocks"] == [] and other["searched_mappings"] == 9
+    assert other.details["resumed_blocks"] == [] and other.details["searched_mappings"] == 9
 
 
 def test_float_outputs_change_what_later_blocks_calibrate_on(tmp_path, tiny_model_dir, calib):

@@ -10,7 +10,7 @@ from llmquant.quantize.awq import awq_arch
 from llmquant.quantize.awq.quantizer import AWQHandler
 from llmquant.quantize.awq.awq_math import fake_quantize, scaled_fake_quantize
 from llmquant.quantize.awq.awq_search import CallRecorder, module_loss
-from llmquant.recipe import AWQVariant
+from llmquant.quantize.awq.config import AWQVariant
 
 
 class MLP(nn.Module):

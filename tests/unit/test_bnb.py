@@ -13,7 +13,8 @@ from llmquant.errors import UserError  # noqa: E402
 from llmquant.formats.load import inspect_checkpoint, load_checkpoint  # noqa: E402
 from llmquant.quantize.base import QuantizeContext  # noqa: E402
 from llmquant.quantize.bnb.quantizer import BnbQuantizer  # noqa: E402
-from llmquant.recipe import BnbVariant, parse_recipe  # noqa: E402
+from llmquant.recipe import parse_recipe  # noqa: E402
+from llmquant.quantize.bnb.config import BnbVariant
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -88,8 +89,8 @@ def test_int8_checkpoint_layout_and_weights(bnb_ckpts, tiny_model_dir):
     d, summary = bnb_ckpts["int8"]
     qc = json.loads((d / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "bitsandbytes" and qc["load_in_8bit"] is True and qc["llm_int8_threshold"] == 6.0
-    assert summary["format"] == "bnb-int8" and summary["config"]["bits"] == 8
-    assert len(summary["layers"]) == 21 and all(0 < r["rel_error"] < 0.02 for r in summary["layers"])
+    assert summary.format == "bnb-int8" and summary.config["bits"] == 8
+    assert len(summary.layers) == 21 and all(0 < r["rel_error"] < 0.02 for r in summary.layers)
     t = tensors(d)
     w = base_model(tiny_model_dir).model.layers[1].mlp.up_proj.weight.detach()
     name = "model.layers.1.mlp.up_proj"
@@ -144,7 +145,7 @@ def test_4bit_reload_matches_dequantized_reference(bnb_ckpts, tiny_model_dir, ki
     import bitsandbytes as bnb
 
     d, summary = bnb_ckpts[kind]
-    assert summary["config"]["group_size"] == 64 and all(r["rel_error"] < 0.2 for r in summary["layers"])
+    assert summary.config["group_size"] == 64 and all(r["rel_error"] < 0.2 for r in summary.layers)
     t = tensors(d)
     qmap = t["model.layers.0.self_attn.q_proj.weight.quant_map"]
     if kind == "nf4":

@@ -11,7 +11,7 @@ from llmquant.formats.qlinear import QuantLinear
 from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.grid import dequantize_groups, group_index, quantize_rtn
 from llmquant.quantize.rtn.quantizer import RTNQuantizer
-from llmquant.recipe import RTNVariant
+from llmquant.quantize.rtn.config import RTNVariant
 
 
 def quantize_to(tmp_path, model_dir, **kw):
@@ -54,7 +54,7 @@ def test_logits_match_dequantized_reference(tmp_path, tiny_model_dir, bits, sym)
         # a few rows: the int4 kernel (bits <= 4) with bf16 activations
         short, want = model(x[:, :4]).logits, ref(x[:, :4]).logits
         assert float((short - want).norm() / want.norm()) < (2e-2 if bits <= 4 else 1e-5)
-    assert len(summary["layers"]) == 21 and all(r["rel_error"] > 0 for r in summary["layers"])
+    assert len(summary.layers) == 21 and all(r["rel_error"] > 0 for r in summary.layers)
 
 
 def test_layout_config_and_files(tmp_path, tiny_model_dir):
@@ -98,7 +98,7 @@ def test_untied_head_and_quantized_head(tmp_path, tiny_model_untied_dir):
 def test_overrides_other_bits(tmp_path, tiny_model_dir):
     _, out, summary = quantize_to(tmp_path, tiny_model_dir, bits=4, group_size=32,
                                   overrides=[{"pattern": r"\.mlp\.", "bits": 8, "group_size": 64}])
-    by = {r["module"]: r for r in summary["layers"]}
+    by = {r["module"]: r for r in summary.layers}
     assert by["model.layers.0.mlp.up_proj"]["bits"] == 8 and by["model.layers.0.self_attn.q_proj"]["bits"] == 4
     model, _, _ = load_checkpoint(out, "float32", "cpu")
     assert model.model.layers[0].mlp.up_proj.bits == 8 and model.model.layers[0].self_attn.q_proj.bits == 4

@@ -23,7 +23,9 @@ import torch
 from llmquant.quantize.base import CalibrationSet, QuantizeContext
 from llmquant.quantize.lazy import lazy_model
 from llmquant.quantize.measure import measure_step
-from llmquant.recipe import AWQVariant, GPTQVariant, RTNVariant
+from llmquant.quantize.awq.config import AWQVariant
+from llmquant.quantize.gptq.config import GPTQVariant
+from llmquant.quantize.rtn.config import RTNVariant
 
 src, out, method = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
 if method == "rtn":

@@ -42,7 +42,7 @@ def rtn_w4(src: Path, out: Path, group: int) -> Path:
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.lazy import lazy_model
     from llmquant.quantize.rtn.quantizer import RTNQuantizer
-    from llmquant.recipe import RTNVariant
+    from llmquant.quantize.rtn.config import RTNVariant
 
     out.mkdir()
     model, blocks = lazy_model(src)

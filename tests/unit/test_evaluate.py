@@ -116,7 +116,7 @@ def test_float32_check_without_a_float32_copy_gives_the_same_numbers(bf16_dirs, 
         from llmquant.quantize.base import QuantizeContext
         from llmquant.quantize.lazy import lazy_model
         from llmquant.quantize.rtn.quantizer import RTNQuantizer
-        from llmquant.recipe import RTNVariant
+        from llmquant.quantize.rtn.config import RTNVariant
 
         src = ckpt
         model, blocks = lazy_model(src)

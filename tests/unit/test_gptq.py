@@ -15,7 +15,7 @@ from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.gptq.quantizer import GPTQQuantizer, solve_layer
 from llmquant.quantize.gptq.gptq_math import accumulate_hessian, gptq_quantize
 from llmquant.quantize.targets import LayerSettings
-from llmquant.recipe import GPTQVariant
+from llmquant.quantize.gptq.config import GPTQVariant
 from tests.conftest import load_fp32
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -131,7 +131,7 @@ def test_act_order_checkpoint_round_trips_through_our_loader(tmp_path, tiny_mode
     x = calib[0].input_ids[:2]
     with torch.no_grad():  # the quantizer left the dequantized weights in `model`
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
-    rows = summary["layers"]
+    rows = summary.layers
     assert len(rows) == 21 and all(0 < r["output_error"] < 0.5 and r["seconds"] >= 0 for r in rows)
     # the weight error against the original weights (it once compared the weight with itself: 0.0)
     original = load_file(str(tiny_model_dir / "model.safetensors"))
@@ -229,23 +229,23 @@ def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_pat
     monkeypatch.setattr(GPTQHandler, "solve", lambda self, g: (solved.extend(g.names), real_solve(self, g)))
     with caplog.at_level(logging.INFO, logger="llmquant"):
         _, resumed = quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work, desc_act=True)
-    assert resumed["resumed_blocks"] == [0, 1] and resumed["solved_blocks"] == [2]
+    assert resumed.details["resumed_blocks"] == [0, 1] and resumed.details["solved_blocks"] == [2]
     assert solved and all(n.startswith("model.layers.2.") for n in solved)
     assert "blocks 0-1 were solved by an earlier run" in caplog.text
     a = (tmp_path / "whole" / "model.safetensors").read_bytes()
     b = (tmp_path / "resumed" / "model.safetensors").read_bytes()
     assert a == b
-    assert [r["module"] for r in resumed["layers"]] == [r["module"] for r in whole["layers"]]
+    assert [r["module"] for r in resumed.layers] == [r["module"] for r in whole.layers]
 
     # a third run finds every block done: nothing solved, nothing forwarded
     solved.clear()
     _, again = quantize(tiny_model_dir, calib, tmp_path / "again", work_dir=work, desc_act=True)
-    assert again["resumed_blocks"] == [0, 1, 2] and again["solved_blocks"] == [] and not solved
+    assert again.details["resumed_blocks"] == [0, 1, 2] and again.details["solved_blocks"] == [] and not solved
     assert (tmp_path / "again" / "model.safetensors").read_bytes() == a
 
     # other settings do not reuse the state
     _, other = quantize(tiny_model_dir, calib, tmp_path / "other", work_dir=work, desc_act=False)
-    assert other["resumed_blocks"] == []
+    assert other.details["resumed_blocks"] == []
 
 
 def test_overrides_skip_and_other_bits(tmp_path, tiny_model_dir, calib):
@@ -253,7 +253,7 @@ def test_overrides_skip_and_other_bits(tmp_path, tiny_model_dir, calib):
     model, summary = quantize(tiny_model_dir, calib, out, overrides=[
         {"pattern": r"layers\.2\.self_attn\.q_proj", "skip": True},
         {"pattern": r"mlp\.down_proj", "bits": 8, "group_size": 64}])
-    by = {r["module"]: r for r in summary["layers"]}
+    by = {r["module"]: r for r in summary.layers}
     assert "model.layers.2.self_attn.q_proj" not in by and len(by) == 20
     assert by["model.layers.0.mlp.down_proj"]["bits"] == 8 and by["model.layers.0.mlp.up_proj"]["bits"] == 4
     assert by["model.layers.0.mlp.down_proj"]["output_error"] < by["model.layers.0.mlp.up_proj"]["output_error"]
@@ -270,7 +270,7 @@ def test_quantized_lm_head_calibrates_on_the_final_norm(tmp_path, tiny_model_unt
 
     out = tmp_path / "ckpt"
     model, summary = quantize(tiny_model_untied_dir, calib, out, bits=8, quantize_lm_head=True)
-    head = summary["layers"][-1]
+    head = summary.layers[-1]
     assert head["module"] == "lm_head" and 0 < head["output_error"] < 0.05
     loaded, _, _ = load_checkpoint(out, "float32", "cpu")
     assert isinstance(loaded.lm_head, QuantLinear)

@@ -59,7 +59,7 @@ def test_shape_problems():
 def test_dynamic_rules_use_match_semantics():
     import re
 
-    from llmquant.recipe import ModuleOverride
+    from llmquant.quantize.config import ModuleOverride
 
     rules = gptq_v1.dynamic_rules([ModuleOverride(pattern=r"mlp\.down_proj", skip=True),
                                    ModuleOverride(pattern=r"layers\.0\.", bits=8)], 4, 64, True)

@@ -92,7 +92,7 @@ def test_rtn_has_no_backend():
 def test_job_round_trips_through_json_and_matches_the_worker(tmp_path):
     from llmquant.peers import job as job_mod
     from llmquant.peers import worker_common
-    from llmquant.recipe import GPTQVariant
+    from llmquant.quantize.gptq.config import GPTQVariant
 
     v = GPTQVariant(name="g", method="gptq", bits=3, group_size=64, sym=False, desc_act=True, damp_percent=0.05,
                     backend="gptqmodel")
@@ -263,7 +263,7 @@ def test_peer_failure_is_one_line_and_leaves_no_checkpoint(tiny_recipe, tmp_path
 
 def test_awq_variant_takes_peer_backends():
     from llmquant.peers import job as job_mod
-    from llmquant.recipe import AWQVariant
+    from llmquant.quantize.awq.config import AWQVariant
 
     v = AWQVariant(name="a", method="awq", bits=4, group_size=64, backend="llmcompressor")
     assert v.backend == "llmcompressor"
@@ -278,7 +278,7 @@ def test_awq_variant_takes_peer_backends():
 
 def test_awq_settings_a_peer_cannot_honour_are_named():
     from llmquant.peers import BACKENDS
-    from llmquant.recipe import AWQVariant
+    from llmquant.quantize.awq.config import AWQVariant
 
     default = AWQVariant(name="a", method="awq", bits=4, backend="gptqmodel")
     assert BACKENDS["gptqmodel"].ignored("awq", default) == {}

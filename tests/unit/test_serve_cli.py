@@ -31,7 +31,7 @@ def run_dir(tmp_path_factory, tiny_model_dir):
 
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.rtn.quantizer import RTNQuantizer
-    from llmquant.recipe import RTNVariant
+    from llmquant.quantize.rtn.config import RTNVariant
 
     root = tmp_path_factory.mktemp("serve-run")
     run = root / "run"

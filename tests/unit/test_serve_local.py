@@ -28,7 +28,7 @@ def rtn_checkpoint(tmp_path_factory, tiny_model_dir):
 
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.rtn.quantizer import RTNQuantizer
-    from llmquant.recipe import RTNVariant
+    from llmquant.quantize.rtn.config import RTNVariant
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(tiny_model_dir)

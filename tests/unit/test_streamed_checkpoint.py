@@ -21,7 +21,9 @@ from llmquant.quantize.rtn.quantizer import RTNQuantizer, quantize_linear
 from llmquant.quantize.save import save_gptq_model
 from llmquant.quantize.sequential import SequentialOptions, run_sequential
 from llmquant.quantize.targets import target_linears
-from llmquant.recipe import AWQVariant, GPTQVariant, RTNVariant
+from llmquant.quantize.awq.config import AWQVariant
+from llmquant.quantize.gptq.config import GPTQVariant
+from llmquant.quantize.rtn.config import RTNVariant
 from tests.conftest import load_fp32
 
 FILES = ("model.safetensors", "config.json", "generation_config.json")

@@ -29,7 +29,7 @@ from ...errors import UserError
 from ...formats import awq_gemm
 from ...formats.checkpoint import save_dtype, write_checkpoint
 from ...formats.intweight import IntWeight
-from ...recipe import AWQVariant
+from .config import AWQVariant
 from ...runs import content_hash
 from . import awq_arch
 from .awq_math import (
@@ -44,7 +44,7 @@ from .awq_math import (
     weight_abs_mean,
 )
 from .awq_search import CallRecorder, module_loss, reusing_freed_memory, working_bytes_per_token
-from ..base import CalibrationSet, QuantizeContext
+from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import EagerBlocks
 from ..metrics import output_error, relative_error
@@ -382,7 +382,6 @@ class AWQQuantizer:
         if result.resumed:
             log.info("awq %s: blocks %s re-applied from the saved search in %s (no search); %d blocks searched now",
                      variant.name, result.resumed, ctx.work_dir, len(result.solved))
-        return {"format": awq_gemm.FORMAT, "config": qc, "layers": result.report, "calib_dtype": str(dtype),
-                "resumed_blocks": result.resumed, "solved_blocks": result.solved,
-                "searched_mappings": handler.searched,
-                "block_seconds": [round(t, 3) for _, t in result.block_seconds]}
+        return QuantizeResult(awq_gemm.FORMAT, qc, result.report, {
+            "calib_dtype": str(dtype), "resumed_blocks": result.resumed, "solved_blocks": result.solved,
+            "searched_mappings": handler.searched, "block_seconds": [round(t, 3) for _, t in result.block_seconds]})

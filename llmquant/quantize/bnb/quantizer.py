@@ -19,9 +19,9 @@ from safetensors import safe_open
 from ...errors import UserError
 from ...formats.checkpoint import save_dtype
 from ...loading.runtime import DTYPES
-from ...recipe import BnbVariant
-from ..base import CalibrationSet, QuantizeContext
+from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..metrics import relative_error
+from .config import BnbVariant
 
 log = logging.getLogger("llmquant")
 
@@ -119,8 +119,8 @@ class BnbQuantizer:
             r["seconds"] = seconds / max(1, len(report))
         qc = qmodel.config.quantization_config.to_dict()
         del qmodel
-        return {"format": f"bnb-{variant.mode}",
-                "config": {"quant_method": "bitsandbytes", "mode": variant.mode, "bits": variant.bits,
-                           "group_size": variant.group_size, "dtype": str(dtype).removeprefix("torch."),
-                           "bitsandbytes_config": qc},
-                "layers": report}
+        return QuantizeResult(f"bnb-{variant.mode}",
+                              {"quant_method": "bitsandbytes", "mode": variant.mode, "bits": variant.bits,
+                               "group_size": variant.group_size, "dtype": str(dtype).removeprefix("torch."),
+                               "bitsandbytes_config": qc},
+                              report)

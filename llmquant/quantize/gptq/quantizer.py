@@ -14,9 +14,9 @@ from ...errors import UserError
 from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
-from ...recipe import GPTQVariant
+from .config import GPTQVariant
 from ...runs import content_hash
-from ..base import CalibrationSet, QuantizeContext
+from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import Blocks, EagerBlocks
@@ -206,9 +206,9 @@ class GPTQQuantizer:
         if result.resumed:
             log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))
-        return {"format": gptq_v1.FORMAT, "config": qc, "layers": report,
-                "resumed_blocks": result.resumed, "solved_blocks": result.solved,
-                "block_seconds": [round(t, 3) for _, t in result.block_seconds]}
+        return QuantizeResult(gptq_v1.FORMAT, qc, report, {
+            "resumed_blocks": result.resumed, "solved_blocks": result.solved,
+            "block_seconds": [round(t, 3) for _, t in result.block_seconds]})
 
     def _quantize_head(self, model: nn.Module, handler: GPTQHandler, hidden: list[Tensor] | None,
                        variant: GPTQVariant, ctx: QuantizeContext, residency: Blocks) -> dict:

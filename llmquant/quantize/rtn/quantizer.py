@@ -15,8 +15,8 @@ from torch import nn
 from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
-from ...recipe import RTNVariant
-from ..base import CalibrationSet, QuantizeContext
+from .config import RTNVariant
+from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..checkpoint_stream import CheckpointStream
 from ..grid import group_index, quantize_rtn
 from ..lazy import EagerBlocks
@@ -78,5 +78,5 @@ class RTNQuantizer:
             stream.add_outer(model, residency, head_packed)
             qc, quantize_config = gptq_config([n for n in targets], prefix, variant)
             stream.finish(model, qc, ctx.tokenizer, {"quantize_config.json": quantize_config})
-        return {"format": gptq_v1.FORMAT, "config": qc, "layers": report,
-                "block_seconds": [round(t, 3) for _, t in block_seconds]}
+        return QuantizeResult(gptq_v1.FORMAT, qc, report,
+                              {"block_seconds": [round(t, 3) for _, t in block_seconds]})
