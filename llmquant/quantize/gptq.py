@@ -20,7 +20,7 @@ from .base import CalibrationSet, QuantizeContext
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
 from .checkpoint_stream import CheckpointStream
 from .lazy import Blocks, EagerBlocks
-from .save import gptq_config, pack_gptq
+from ..formats.gptq_v1 import gptq_config, pack_gptq
 from .sequential import (
     BlockResult,
     BlockRun,

@@ -21,7 +21,7 @@ from .base import CalibrationSet, QuantizeContext
 from .checkpoint_stream import CheckpointStream
 from .grid import group_index, quantize_rtn
 from .lazy import EagerBlocks
-from .save import gptq_config, pack_gptq
+from ..formats.gptq_v1 import gptq_config, pack_gptq
 from .targets import LayerSettings, find_blocks, target_linears
 
 log = logging.getLogger("llmquant")
