@@ -50,6 +50,7 @@ METHOD_FORMATS = {"rtn": "gptq", "gptq": "gptq", "awq": "awq", "bnb": "bitsandby
 
 
 def variant_format(variant) -> str:
+    """A variant's `format` where it has one (a FORMATS key or written name), else its method's."""
     return getattr(variant, "format", None) or METHOD_FORMATS.get(variant.method, "none")
 
 
@@ -68,11 +69,11 @@ def shape_targets(model, variant) -> dict[str, tuple[object, int, int | None]]:
 
 def check_shapes(recipe: Recipe, model) -> None:
     """Every quantized layer's shape against its format's rules (FORMATS[...].shape_problem)."""
-    from .formats.table import FORMATS
+    from .formats.table import format_named
     from .quantize.targets import allowed_group_sizes
 
     for i, v in enumerate(recipe.variants):
-        shape_problem = FORMATS[variant_format(v)].shape_problem
+        shape_problem = format_named(variant_format(v)).shape_problem
         targets = shape_targets(model, v)
         if not targets and isinstance(v, WeightOnlyVariant):
             raise UserError(f"{recipe.path}: variants[{i}]: no Linear layers left to quantize (all skipped by overrides)")

@@ -48,3 +48,15 @@ FORMATS = FormatTable(MODULES)
 def quantized_methods() -> list[str]:
     """The quant_methods llmquant reads (every format but the dense one), sorted."""
     return sorted(m for m in FORMATS if m != "none")
+
+
+def format_named(name: str) -> CheckpointFormat:
+    """The format a name means: a FORMATS key ("gptq") or the name a written checkpoint
+    reports ("gptq-v1", `CheckpointFormat.writes`). KeyError names the known ones."""
+    if name in FORMATS:
+        return FORMATS[name]
+    for method in FORMATS:
+        fmt = FORMATS[method]
+        if fmt.writes == name:
+            return fmt
+    raise KeyError(f"unknown checkpoint format {name!r}; known: {', '.join(FORMATS)}")

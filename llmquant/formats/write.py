@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .checkpoint import save_dtype, write_checkpoint
 from .format import CheckpointFormat
 from .intweight import IntWeight
-from .table import FORMATS
+from .table import FORMATS, format_named
 
 
 def packed_module(fmt: CheckpointFormat, layer: IntWeight | dict[str, Tensor], module: nn.Module) -> dict[str, Tensor]:
@@ -39,12 +39,13 @@ def block_linears(model: nn.Module) -> tuple[str, list[str]]:
 def write_quantized(model: nn.Module, layers: dict[str, IntWeight | dict[str, Tensor]], method: str, settings: Any,
                     tokenizer: Any, out_dir: Path, extra_config: dict | None = None) -> dict:
     """Pack `layers` (IntWeights in model order, or tensors the format already packed) in the
-    format `method` (a table.FORMATS key) and write the whole model to `out_dir`: tensors left
+    format `method` (a table.FORMATS key such as "gptq", or the format's written name such as
+    "gptq-v1") and write the whole model to `out_dir`: tensors left
     unquantized in the save dtype (formats.checkpoint.save_dtype of `settings.save_dtype`),
     config.json with the format's quantization_config (`extra_config` merged into it), the
     format's extra JSON files, the generation config and the tokenizer. Returns the
     quantization_config. `settings`: the recipe variant (bits, group_size, sym, overrides, ...)."""
-    fmt = FORMATS[method]
+    fmt = format_named(method)
     if not fmt.writable:
         raise ValueError(f"llmquant does not write {method!r} checkpoints "
                          f"(writable: {', '.join(m for m in FORMATS if FORMATS[m].writable)})")

@@ -233,3 +233,12 @@ def test_writer_awq_matches_the_gemm_layout(tmp_path, tiny_model_dir):
 def test_writer_refuses_a_format_it_cannot_write(tmp_path):
     with pytest.raises(ValueError, match="does not write 'bitsandbytes'"):
         write_quantized(Toy(64, 64), {}, "bitsandbytes", None, None, Path(tmp_path))
+
+
+def test_a_format_is_found_by_its_key_or_its_written_name():
+    from llmquant.formats.table import format_named
+
+    assert format_named("gptq") is format_named("gptq-v1") is FORMATS["gptq"]
+    assert format_named("awq-gemm").quant_method == "awq"
+    with pytest.raises(KeyError, match="unknown checkpoint format 'gguf'"):
+        format_named("gguf")
