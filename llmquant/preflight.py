@@ -46,19 +46,41 @@ def meta_model(config):
     return model
 
 
+METHOD_FORMATS = {"rtn": "gptq", "gptq": "gptq", "awq": "awq", "bnb": "bitsandbytes"}
+"""The format (formats.table.FORMATS key) each method writes, unless its variant names one."""
+
+
+def variant_format(variant) -> str:
+    """A variant's `format` where it has one (a FORMATS key or written name), else its method's."""
+    return getattr(variant, "format", None) or METHOD_FORMATS.get(variant.method, "none")
+
+
+def shape_targets(model, variant) -> dict[str, tuple[object, int, int | None]]:
+    """name -> (Linear, bits, group size) of the layers a variant quantizes: the recipe's targets
+    for weight-only variants; every Linear at the variant's bits for the others (bitsandbytes)."""
+    from torch import nn
+
+    from .quantize.targets import target_linears
+
+    if isinstance(variant, WeightOnlyVariant):
+        return {name: (lin, s.bits, s.group_size) for name, (lin, s) in target_linears(model, variant).items()}
+    bits, group = getattr(variant, "bits", None), getattr(variant, "group_size", None)
+    return {name: (m, bits, group) for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+
+
 def check_shapes(recipe: Recipe, model) -> None:
-    from .formats.gptq_v1 import shape_problem
-    from .quantize.targets import allowed_group_sizes, target_linears
+    """Every quantized layer's shape against its format's rules (FORMATS[...].shape_problem)."""
+    from .formats.table import format_named
+    from .quantize.targets import allowed_group_sizes
 
     for i, v in enumerate(recipe.variants):
-        if not isinstance(v, WeightOnlyVariant):
-            continue
-        targets = target_linears(model, v)
-        if not targets:
+        shape_problem = format_named(variant_format(v)).shape_problem
+        targets = shape_targets(model, v)
+        if not targets and isinstance(v, WeightOnlyVariant):
             raise UserError(f"{recipe.path}: variants[{i}]: no Linear layers left to quantize (all skipped by overrides)")
-        in_features = {lin.in_features for lin, _ in targets.values()}
-        for name, (lin, s) in targets.items():
-            problem = shape_problem(lin.in_features, lin.out_features, s.bits, s.group_size)
+        in_features = {lin.in_features for lin, _, _ in targets.values()}
+        for name, (lin, bits, group_size) in targets.items():
+            problem = shape_problem(lin.in_features, lin.out_features, bits, group_size)
             if problem:
                 field_name = "group_size" if "group size" in problem else "bits"
                 raise UserError(

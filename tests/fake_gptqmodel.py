@@ -83,7 +83,7 @@ class GPTQModel:
         from transformers import AutoTokenizer
 
         from llmquant.formats.intweight import IntWeight
-        from llmquant.quantize.awq.quantizer import save_awq_model
+        from llmquant.formats.write import write_quantized
         from llmquant.quantize.grid import group_index, quantize_rtn
         from llmquant.quantize.targets import find_blocks
         from llmquant.quantize.awq.config import AWQVariant
@@ -100,4 +100,5 @@ class GPTQModel:
         variant = AWQVariant(name="fake", method="awq", bits=kw["bits"], group_size=kw["group_size"],
                              zero_point=not kw["sym"])
         Path(out_dir).mkdir(parents=True, exist_ok=True)
-        save_awq_model(self.model, layers, variant, AutoTokenizer.from_pretrained(self.model_dir), Path(out_dir))
+        write_quantized(self.model, layers, "awq", variant, AutoTokenizer.from_pretrained(self.model_dir),
+                        Path(out_dir))

@@ -23,13 +23,20 @@ with order_map [0,2,4,6,1,3,5,7]); vLLM `quantization/utils/marlin_utils.py`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
 from .bitpack import pack_cols, unpack_cols
+from .detect import QuantSummary
+from .format import CheckpointFormat, packed_compute_note
 from .intweight import IntWeight
+from .modules import ModuleQuant, group_size_from, layer_prefixes
+from .vllm_compat import awq_verdict
+
+log = logging.getLogger("llmquant")
 
 FORMAT = "awq-gemm"
 ORDER = {4: (0, 2, 4, 6, 1, 3, 5, 7), 8: (0, 2, 1, 3)}
@@ -162,3 +169,78 @@ def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, Int
             yield name, unpack_layer(t, bits)
         except ValueError as e:
             raise UserError(f"{path}: {name}: {e}") from None
+
+
+def shape_problem(in_features: int, out_features: int, bits: int, group_size: int) -> str | None:
+    """Why a [out, in] Linear cannot be stored as AWQ GEMM at these settings, or None when it can:
+    contiguous groups must divide the input, and qweight / qzeros pack the OUTPUT dim."""
+    if bits not in ORDER:
+        return f"AWQ GEMM stores {' or '.join(map(str, BITS))}-bit weights, not {bits}-bit"
+    if group_size != -1 and in_features % group_size:
+        return f"group size {group_size} does not divide in_features {in_features}"
+    per = 32 // bits
+    if out_features % per:
+        return f"out_features {out_features} is not a multiple of {per} (needed to pack {bits}-bit qweight)"
+    return None
+
+
+def checkpoint_config(settings, layers: dict[str, IntWeight], prefix: str, block_linears: list[str],
+                      extra_config: dict | None = None) -> tuple[dict, dict]:
+    """CheckpointFormat.checkpoint_config: the decoder blocks' Linears not in `layers` are left
+    dense (modules_to_not_convert: vLLM and transformers keep them dense). `settings`: bits,
+    group_size, zero_point (a recipe AWQ variant). No extra files."""
+    ints = [layer for layer in layers.values() if isinstance(layer, IntWeight)]
+    used = {layer.in_features // layer.n_groups for layer in ints}
+    if any(layer.in_features // layer.n_groups != (layer.in_features if settings.group_size == -1
+                                                   else settings.group_size) for layer in ints):
+        log.warning("awq %s: modules use group sizes %s: vLLM reads one group_size (%d) from quantization_config, "
+                    "so this checkpoint loads in llmquant but not in vLLM", getattr(settings, "name", "?"),
+                    sorted(used), settings.group_size)
+    skipped = [n for n in block_linears if n not in layers]
+    qc = quantization_config(settings.bits, settings.group_size, settings.zero_point, skipped or None)
+    qc.update(extra_config or {})
+    return qc, {}
+
+
+def summarize(qc: dict) -> QuantSummary:
+    zp = qc.get("zero_point", True)
+    return QuantSummary(f"awq-{config_version(qc)}", config_bits(qc), config_group_size(qc),
+                        None if zp is None else not zp, False)
+
+
+def modules(path, index: dict, qc: dict) -> list[ModuleQuant]:
+    bits = config_bits(qc) or 4
+    zp = qc.get("zero_point", True)
+    out = []
+    for name in layer_prefixes(index, ".qweight"):
+        qw, sc = index[f"{name}.qweight"], index[f"{name}.scales"]
+        if str(qc.get("version", "gemm")).lower() == "gemm":
+            n_groups, out_f = sc.shape
+            in_f = qw.shape[0]
+            gs = group_size_from(in_f, n_groups, config_group_size(qc))
+        else:  # AutoAWQ GEMV: qweight [out, in * bits / 32], scales [out, padded groups]
+            out_f, in_f = qw.shape[0], qw.shape[1] * 32 // bits
+            gs = config_group_size(qc) or -1
+        out.append(ModuleQuant(name, in_f, out_f, bits, gs, not zp, sc.dtype))
+    return out
+
+
+def vllm_args(qc: dict) -> tuple[list[str], list[str]]:
+    return [], ["AWQ: vLLM picks awq_marlin where it can; the plain AWQ kernel needs fp16 (--dtype half)"]
+
+
+CHECKPOINT_FORMAT = CheckpointFormat(
+    quant_method="awq",
+    description="AWQ GEMM (AutoAWQ, GPTQModel)",
+    summarize=summarize,
+    modules=modules,
+    shape_problem=shape_problem,
+    vllm_verdict=awq_verdict,
+    vllm_args=vllm_args,
+    compute_note=packed_compute_note,
+    read_layers=read_layers,
+    pack=pack_layer,
+    checkpoint_config=checkpoint_config,
+    writes=FORMAT,
+    vllm_dtype="half",
+)

@@ -15,6 +15,7 @@ backends/default/ops.py):
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -22,6 +23,10 @@ import torch
 from torch import nn
 
 from ..errors import UserError
+from .detect import QuantSummary
+from .format import CheckpointFormat
+from .modules import ModuleQuant, layer_prefixes, read_small
+from .vllm_compat import bnb_verdict
 
 log = logging.getLogger("llmquant")
 
@@ -113,3 +118,51 @@ def state_bytes(model: nn.Module) -> int:
                     if isinstance(t, torch.Tensor):
                         total += t.numel() * t.element_size()
     return total
+
+
+def shape_problem(in_features: int, out_features: int, bits: int, group_size: int | None) -> str | None:
+    """bitsandbytes stores any shape: LLM.int8 per row, 4-bit in blocks of 64 over the flattened weight."""
+    return None
+
+
+def summarize(qc: dict) -> QuantSummary:
+    if qc.get("load_in_8bit") or qc.get("_load_in_8bit"):
+        return QuantSummary("bnb-int8", 8, None, True, False)
+    kind = qc.get("bnb_4bit_quant_type", "fp4")
+    return QuantSummary(f"bnb-{kind}", 4, 64, True, False)
+
+
+def modules(path: Path, index: dict, qc: dict) -> list[ModuleQuant]:
+    out = []
+    for name in layer_prefixes(index, ".SCB"):  # LLM.int8: int8 weight [out, in], fp32 row scales
+        out_f, in_f = index[f"{name}.weight"].shape
+        out.append(ModuleQuant(name, in_f, out_f, 8, None, True, index[f"{name}.SCB"].dtype))
+    for key in sorted(k for k in index if ".weight.quant_state.bitsandbytes__" in k):
+        name = key.split(".weight.quant_state.")[0]
+        state = json.loads(bytes(read_small(path, key).tolist()).decode())
+        out_f, in_f = state["shape"]
+        out.append(ModuleQuant(name, in_f, out_f, 4, int(state.get("blocksize", 64)), True,
+                               state.get("dtype", "").removeprefix("torch.") or None))
+    return out
+
+
+def vllm_args(qc: dict) -> tuple[list[str], list[str]]:
+    return ["--quantization", "bitsandbytes"], ["bitsandbytes: pre-quantized"]
+
+
+def info_compute_note(info, dtype: str, device: str = "cpu") -> str:
+    return compute_note(info.quant_config, dtype, device)
+
+
+CHECKPOINT_FORMAT = CheckpointFormat(
+    quant_method="bitsandbytes",
+    description="bitsandbytes LLM.int8 / NF4 / FP4 (transformers)",
+    summarize=summarize,
+    modules=modules,
+    shape_problem=shape_problem,
+    vllm_verdict=bnb_verdict,
+    vllm_args=vllm_args,
+    compute_note=info_compute_note,
+    load=load,
+    extra_resident_bytes=state_bytes,
+)

@@ -35,8 +35,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .bitpack import pack_cols, pack_rows, unpack_cols, unpack_rows
+from .bitpack import pack_cols, pack_rows, unit, unpack_cols, unpack_rows
+from .detect import QuantSummary
+from .format import CheckpointFormat, packed_compute_note
 from .intweight import IntWeight
+from .modules import ModuleQuant, group_size_from, layer_prefixes, read_small
+from .vllm_compat import ct_verdict
 
 FORMAT = "compressed-tensors"
 PACKED = "pack-quantized"
@@ -190,3 +194,65 @@ def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, Int
             yield name, unpack_layer(t, scheme)
         except (ValueError, KeyError) as e:
             raise UserError(f"{path}: {name}: {e}") from None
+
+
+def shape_problem(in_features: int, out_features: int, bits: int, group_size: int) -> str | None:
+    """Why a [out, in] Linear cannot be stored pack-quantized at these settings (as `pack_layer`
+    writes it: whole words along the input, zero points packed along the output), or None."""
+    if bits not in BITS:
+        return f"pack-quantized stores {' or '.join(map(str, BITS))}-bit weights, not {bits}-bit"
+    if group_size != -1 and in_features % group_size:
+        return f"group size {group_size} does not divide in_features {in_features}"
+    per, _ = unit(bits)
+    if in_features % per:
+        return f"in_features {in_features} is not a multiple of {per} (needed to pack {bits}-bit weight_packed)"
+    if out_features % per:
+        return f"out_features {out_features} is not a multiple of {per} (needed to pack {bits}-bit weight_zero_point)"
+    return None
+
+
+def summarize(qc: dict) -> QuantSummary:
+    used = formats_used(qc)
+    fmt = "ct-" + (PACKED if used == {PACKED} else "+".join(sorted(used)))
+    try:
+        found = schemes(qc)
+    except ValueError:
+        found = []
+    if not found:
+        return QuantSummary(fmt, None, None, None, None)
+    s = found[0]
+    return QuantSummary(fmt, s.bits, s.group_size, s.symmetric, s.actorder == "group")
+
+
+def modules(path, index: dict, qc: dict) -> list[ModuleQuant]:
+    try:
+        found = schemes(qc)
+    except ValueError:
+        found = []
+    out = []
+    for name in layer_prefixes(index, ".weight_packed"):
+        out_f, in_f = (int(v) for v in read_small(path, f"{name}.weight_shape").tolist())
+        sc = index[f"{name}.weight_scale"]
+        n_groups = sc.shape[1] if len(sc.shape) == 2 else 1
+        s = scheme_for(name, found) if found else None
+        bits = s.bits if s else round(32 * index[f"{name}.weight_packed"].shape[1] / in_f)
+        out.append(ModuleQuant(name, in_f, out_f, bits, group_size_from(in_f, n_groups, s.group_size if s else None),
+                               s.symmetric if s else f"{name}.weight_zero_point" not in index, sc.dtype))
+    return out
+
+
+def vllm_args(qc: dict) -> tuple[list[str], list[str]]:
+    return [], []  # vLLM reads quantization_config itself
+
+
+CHECKPOINT_FORMAT = CheckpointFormat(
+    quant_method="compressed-tensors",
+    description="compressed-tensors pack-quantized W4A16/W8A16 (llm-compressor)",
+    summarize=summarize,
+    modules=modules,
+    shape_problem=shape_problem,
+    vllm_verdict=ct_verdict,
+    vllm_args=vllm_args,
+    compute_note=packed_compute_note,
+    read_layers=read_layers,
+)

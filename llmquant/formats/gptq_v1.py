@@ -24,12 +24,20 @@ in that permutation // group_size (with static_groups: i // group_size, monotoni
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from .bitpack import pack_cols, pack_rows, unpack_cols, unpack_rows, unit
+from .detect import QuantSummary
+from .format import CheckpointFormat, packed_compute_note
 from .intweight import IntWeight
+from .modules import ModuleQuant, gptq_dynamic, group_size_from, layer_prefixes
+from .vllm_compat import MARLIN_GROUPS, gptq_verdict
+
+if TYPE_CHECKING:
+    from torch import nn
 
 FORMAT = "gptq-v1"
 
@@ -148,3 +156,93 @@ def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, Int
             in_f = t["qweight"].shape[0] * 32 // bits
             t["g_idx"] = torch.arange(in_f, dtype=torch.int32) // (in_f // n_groups)
         yield name, unpack_layer(t, bits, zero_offset)
+
+
+def gptq_config(layer_names: list[str], prefix: str, settings, extra_config: dict | None = None) -> tuple[dict, dict]:
+    """(quantization_config for config.json, quantize_config.json) of a GPTQ v1 checkpoint whose
+    quantized Linears are `layer_names` (in model order); `settings`: bits, group_size, sym,
+    overrides (a recipe variant)."""
+    qc = quantization_config(
+        bits=settings.bits, group_size=settings.group_size, sym=settings.sym,
+        lm_head="lm_head" in layer_names,
+        dynamic=dynamic_rules(settings.overrides, settings.bits, settings.group_size, settings.sym),
+        **(extra_config or {}),
+    )
+    qc["modules_in_block_to_quantize"] = modules_in_block(list(layer_names), prefix)
+    quantize_config = {k: v for k, v in qc.items() if k != "modules_in_block_to_quantize"}
+    return qc, quantize_config
+
+
+def checkpoint_config(settings, layers: dict, prefix: str, block_linears: list[str],
+                      extra_config: dict | None = None) -> tuple[dict, dict]:
+    """CheckpointFormat.checkpoint_config: GPTQ's config plus its quantize_config.json."""
+    qc, quantize_config = gptq_config(list(layers), prefix, settings, extra_config)
+    return qc, {"quantize_config.json": quantize_config}
+
+
+def pack_gptq(layer: IntWeight | dict[str, Tensor], module: "nn.Module") -> dict[str, Tensor]:
+    """GPTQ v1 tensors of one Linear (packed now unless already), with its bias."""
+    from .write import packed_module
+
+    return packed_module(CHECKPOINT_FORMAT, layer, module)
+
+
+def summarize(qc: dict) -> QuantSummary:
+    v2 = "gptq_v2" in (qc.get("checkpoint_format"), qc.get("format"))
+    return QuantSummary("gptq-v2" if v2 else "gptq-v1", qc.get("bits"), qc.get("group_size"),
+                        qc.get("sym"), qc.get("desc_act"))
+
+
+def modules(path, index: dict, qc: dict) -> list[ModuleQuant]:
+    """Quantized layers from tensor headers: bits from g_idx's length where present, `dynamic`
+    overrides applied per module."""
+    out = []
+    for name in layer_prefixes(index, ".qweight"):
+        qw, sc = index[f"{name}.qweight"], index[f"{name}.scales"]
+        n_groups, out_f = sc.shape
+        g = index.get(f"{name}.g_idx")
+        over = gptq_dynamic(name, qc.get("dynamic")) or {}
+        if g is not None:
+            in_f = g.shape[0]
+            bits = qw.shape[0] * 32 // in_f
+        else:
+            bits = int(over.get("bits", qc.get("bits", 4)))
+            in_f = qw.shape[0] * 32 // bits
+        out.append(ModuleQuant(name, in_f, out_f, bits,
+                               group_size_from(in_f, n_groups, over.get("group_size", qc.get("group_size"))),
+                               bool(over.get("sym", qc.get("sym", True))), sc.dtype))
+    return out
+
+
+MARLIN_TYPES = {(4, True), (8, True)}  # gptq_marlin's (bits, sym)
+
+
+def vllm_args(qc: dict) -> tuple[list[str], list[str]]:
+    """No flag: vLLM reads quantization_config and picks gptq_marlin itself where it can."""
+    from ..errors import UserError
+
+    bits, sym, group = qc.get("bits"), qc.get("sym"), qc.get("group_size")
+    if (bits, sym) in MARLIN_TYPES and group in MARLIN_GROUPS:
+        notes = [f"GPTQ {bits}-bit sym, group {group}: vLLM picks its gptq_marlin kernel itself"]
+    else:
+        notes = [f"GPTQ {bits}-bit {'sym' if sym else 'asym'}, group {group}: not a marlin case "
+                 "(marlin takes 4/8-bit symmetric, group -1/32/64/128); vLLM uses its slower gptq kernel"]
+    if qc.get("checkpoint_format") == "gptq_v2":
+        raise UserError("GPTQModel v2 checkpoints store true zero points; convert to v1 before serving with vLLM")
+    return [], notes
+
+
+CHECKPOINT_FORMAT = CheckpointFormat(
+    quant_method="gptq",
+    description="GPTQ v1 (AutoGPTQ, GPTQModel, llmquant) and GPTQModel v2",
+    summarize=summarize,
+    modules=modules,
+    shape_problem=shape_problem,
+    vllm_verdict=gptq_verdict,
+    vllm_args=vllm_args,
+    compute_note=packed_compute_note,
+    read_layers=read_layers,
+    pack=pack_layer,
+    checkpoint_config=checkpoint_config,
+    writes=FORMAT,
+)

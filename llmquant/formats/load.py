@@ -1,12 +1,14 @@
 """Loading any checkpoint for evaluation: one entry point, format detected from config.json.
 
 `load_checkpoint(path)` gives a ready nn.Module on the chosen device and dtype. Packed
-formats are read by our own modules (no GPU, no gptqmodel needed).
+formats are read by our own modules (no GPU, no gptqmodel needed): each format's
+`read_layers` (table.FORMATS) unpacks its layers one at a time, popping the tensors it
+consumes, so a loader holds at most one layer's unpacked integers beside the packed modules;
+a format with a whole loader of its own names `load`.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 
 from ..errors import UserError
 from ..loading import DTYPES, is_hf_dir, load_tokenizer, read_config_json, weights_size
+from .table import FORMATS, quantized_methods
 
 log = logging.getLogger("llmquant")
 
@@ -33,37 +36,6 @@ class CheckpointInfo:
     desc_act: bool | None = None
     quant_config: dict = field(default_factory=dict)
     size_bytes: int = 0
-
-
-@dataclass(frozen=True)
-class Reader:
-    """How to read one `quant_method`, as lazy "module:function" names.
-
-    `layers(path, info, state) -> iterator of (module name, IntWeight)` unpacks packed layers
-    from the checkpoint's tensors one at a time (popping what it consumes), so a loader holds at
-    most one layer's unpacked integers beside the packed modules; the shared loader does the rest.
-    A format that needs its own whole loader names `load(path, info, dtype, trust_remote_code, device)`.
-    """
-
-    description: str
-    layers: str | None = None
-    load: str | None = None
-
-
-READERS: dict[str, Reader] = {
-    "gptq": Reader("GPTQ v1 (AutoGPTQ, GPTQModel, llmquant) and GPTQModel v2",
-                   layers="llmquant.formats.gptq_v1:read_layers"),
-    "awq": Reader("AWQ GEMM (AutoAWQ, GPTQModel)", layers="llmquant.formats.awq_gemm:read_layers"),
-    "compressed-tensors": Reader("compressed-tensors pack-quantized W4A16/W8A16 (llm-compressor)",
-                                 layers="llmquant.formats.compressed_tensors:read_layers"),
-    "bitsandbytes": Reader("bitsandbytes LLM.int8 / NF4 / FP4 (transformers)",
-                           load="llmquant.formats.bnb:load"),
-}
-
-
-def _lazy(ref: str):
-    module_name, fn = ref.split(":")
-    return getattr(importlib.import_module(module_name), fn)
 
 
 def safetensors_files(path: Path) -> list[Path]:
@@ -102,14 +74,12 @@ def inspect_checkpoint(path: Path) -> CheckpointInfo:
     size = weights_size(path)
     if method == "none":
         return CheckpointInfo(path, "hf", "none", size_bytes=size)
-    if method not in READERS:
+    if method not in FORMATS:
         raise UserError(
             f"{path}: quantization_config.quant_method {method!r} is not supported; "
-            f"supported: {', '.join(sorted(READERS))} and unquantized checkpoints"
+            f"supported: {', '.join(quantized_methods())} and unquantized checkpoints"
         )
-    from .detect import summarize
-
-    q = summarize(method, qc)
+    q = FORMATS[method].summarize(qc)
     return CheckpointInfo(path, q.format, method, bits=q.bits, group_size=q.group_size,
                           sym=q.sym, desc_act=q.desc_act, quant_config=qc, size_bytes=size)
 
@@ -160,7 +130,7 @@ def load_packed(path: Path, info: CheckpointInfo, dtype: torch.dtype, trust_remo
     model = empty_model(path, dtype, trust_remote_code)
     dequant = compiled_dequant() if compile_kernels else None
     built = 0
-    for name, weight in _lazy(READERS[info.method].layers)(path, info, state):  # one layer unpacked at a time
+    for name, weight in FORMATS[info.method].read_layers(path, info, state):  # one layer unpacked at a time
         bias = state.pop(f"{name}.bias", None)
         set_module(model, name, QuantLinear(weight, bias.to(dtype) if bias is not None else None, dequant))
         built += 1
@@ -184,13 +154,11 @@ def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu", tru
         model.hf_quantizer = None
         return model.to(device).eval(), tok, info
     tok = load_tokenizer(path, trust_remote_code)
-    if info.format == "hf":
-        from ..loading import load_hf_model
-
-        return load_hf_model(path, dtype, device, trust_remote_code), tok, info
-    reader = READERS[info.method]
-    if reader.load:
-        model = _lazy(reader.load)(path, info, torch_dtype, trust_remote_code, device)
+    fmt = FORMATS[info.method]
+    if info.method == "none":
+        return fmt.load(path, info, torch_dtype, trust_remote_code, device), tok, info
+    if fmt.load:
+        model = fmt.load(path, info, torch_dtype, trust_remote_code, device)
     else:
         model = load_packed(path, info, torch_dtype, trust_remote_code, compile_kernels)
     return model.to(device), tok, info
@@ -198,21 +166,12 @@ def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu", tru
 
 def compute_note(info: CheckpointInfo, dtype: str, device: str = "cpu") -> str:
     """How a checkpoint computes when evaluated in `dtype` (recorded with its result)."""
-    if info.method == "bitsandbytes":
-        from .bnb import compute_note as bnb_note
-
-        return bnb_note(info.quant_config, dtype, device)
-    if info.method == "none":
-        return f"dense weights and activations in {dtype}"
     if info.format == "gguf":
         return f"GGUF weights de-quantized by transformers to {dtype} at load"
-    return f"{info.format}: integer weights kept in memory, dequantized to {dtype} for each matmul; activations {dtype}"
+    return FORMATS[info.method].compute_note(info, dtype, device)
 
 
 def extra_resident_bytes(model: nn.Module, info: CheckpointInfo) -> int:
     """Memory a format keeps outside parameters and buffers (bitsandbytes quant states)."""
-    if info.method == "bitsandbytes":
-        from .bnb import state_bytes
-
-        return state_bytes(model)
-    return 0
+    fmt = FORMATS.get(info.method) if info.format != "gguf" else None
+    return fmt.extra_resident_bytes(model) if fmt is not None and fmt.extra_resident_bytes else 0

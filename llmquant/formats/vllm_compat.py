@@ -325,20 +325,20 @@ def bnb_verdict(qc: dict, fmt: str, quantized: list[ModuleQuant], model_dtype: s
     return VllmVerdict("bitsandbytes", "bitsandbytes", "float32, float16 or bfloat16", findings)
 
 
-VERDICTS = {"gptq": gptq_verdict, "awq": awq_verdict, "compressed-tensors": ct_verdict,
-            "bitsandbytes": bnb_verdict}
-
-
 def vllm_verdict(method: str, fmt: str, qc: dict, quantized: list[ModuleQuant], dense: list[ModuleQuant],
                  model_dtype: str | None, tp: int = 1, sm: int = 80) -> VllmVerdict:
-    if method == "none":
-        return VllmVerdict("none", "dense", "float16, bfloat16 or float32")
+    """The verdict of the checkpoint's format (table.FORMATS[method].vllm_verdict), with the
+    checks every quantized format shares: fused layers' schemes, tensor-parallel splits."""
+    from .table import FORMATS
+
     if method == "gguf":
         return VllmVerdict("gguf", "gguf", "float16 or bfloat16", [Finding(
             "gguf", "warning", "vLLM's GGUF support is experimental and single-file only")])
-    fn = VERDICTS.get(method)
-    if fn is None:
+    if method not in FORMATS:
         return VllmVerdict(method, "?", "?", [Finding("unknown-method", "warning", f"no rules for {method!r}")])
+    fn = FORMATS[method].vllm_verdict
+    if method == "none":
+        return fn(qc, fmt, quantized, model_dtype, tp, sm)
     verdict = fn(qc, fmt, quantized, model_dtype, tp, sm)
     verdict.findings += fused_findings(quantized, dense)
     if tp > 1:

@@ -6,18 +6,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..formats.load import READERS, _lazy, inspect_checkpoint, read_tensors
+from ..formats.load import inspect_checkpoint, read_tensors
+from ..formats.table import FORMATS
 from ..quantize.metrics import relative_error
 
 
 def layer_errors(checkpoint: Path, base_dir: Path) -> list[dict]:
     """[{"module", "bits", "group_size", "rel_error"}] for every packed layer of `checkpoint`."""
     info = inspect_checkpoint(checkpoint)
-    reader = READERS.get(info.method)
-    if reader is None or reader.layers is None:
+    fmt = FORMATS.get(info.method)
+    if fmt is None or fmt.read_layers is None:
         return []
     state = read_tensors(checkpoint)
-    layers = dict(_lazy(reader.layers)(checkpoint, info, state))
+    layers = dict(fmt.read_layers(checkpoint, info, state))
     wanted = {f"{name}.weight" for name in layers}
     base = read_tensors(base_dir, names=lambda k: k in wanted)
     rows = []

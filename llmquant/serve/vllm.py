@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import UserError
+from ..formats.table import FORMATS
 from ..recipe import ServeSpec, VllmServeSpec
 from .artifact import ServeTarget, model_shape, tensor_table, weight_bytes
 from .fit import GiB, FitPlan, FitRequest, GpuMemory, plan_fit
@@ -34,9 +35,7 @@ from .process import ManagedServer
 
 log = logging.getLogger("llmquant")
 
-PRE_QUANTIZED = ("gptq", "awq", "compressed-tensors", "fp8", "gptq_marlin", "awq_marlin", "marlin")
-MARLIN_GPTQ = {(4, True), (8, True)}
-MARLIN_GROUPS = (-1, 32, 64, 128)
+FOREIGN_PRE_QUANTIZED = ("fp8", "gptq_marlin", "awq_marlin", "marlin")  # read by vLLM, not in formats.table
 DTYPE_BYTES = {"half": 2, "float16": 2, "bfloat16": 2, "float": 4, "float32": 4}
 
 
@@ -69,24 +68,12 @@ def quantization_args(quant_config: dict, spec: VllmServeSpec) -> tuple[list[str
     if spec.quantization and method not in ("none", spec.quantization):
         raise UserError(f"serve.vllm.quantization: {spec.quantization!r} cannot apply to a checkpoint already "
                         f"quantized with {method!r}; leave it unset")
-    if method == "bitsandbytes" or (method == "none" and spec.quantization == "bitsandbytes"):
-        what = "pre-quantized" if method == "bitsandbytes" else "quantized while loading (in flight)"
-        return ["--quantization", "bitsandbytes"], [f"bitsandbytes: {what}"]
-    if method == "none":
-        return [], ["dense checkpoint: no quantization"]
+    if method == "none" and spec.quantization == "bitsandbytes":
+        return ["--quantization", "bitsandbytes"], ["bitsandbytes: quantized while loading (in flight)"]
+    if method in FORMATS:
+        return FORMATS[method].vllm_args(quant_config)
     notes = []
-    if method == "gptq":
-        bits, sym, group = quant_config.get("bits"), quant_config.get("sym"), quant_config.get("group_size")
-        if (bits, sym) in MARLIN_GPTQ and group in MARLIN_GROUPS:
-            notes.append(f"GPTQ {bits}-bit sym, group {group}: vLLM picks its gptq_marlin kernel itself")
-        else:
-            notes.append(f"GPTQ {bits}-bit {'sym' if sym else 'asym'}, group {group}: not a marlin case "
-                         "(marlin takes 4/8-bit symmetric, group -1/32/64/128); vLLM uses its slower gptq kernel")
-        if quant_config.get("checkpoint_format") == "gptq_v2":
-            raise UserError("GPTQModel v2 checkpoints store true zero points; convert to v1 before serving with vLLM")
-    elif method == "awq":
-        notes.append("AWQ: vLLM picks awq_marlin where it can; the plain AWQ kernel needs fp16 (--dtype half)")
-    elif method not in PRE_QUANTIZED:
+    if method not in FOREIGN_PRE_QUANTIZED:
         notes.append(f"quant_method {method!r}: passed to vLLM as it is (it reads quantization_config itself)")
     return [], notes
 
@@ -95,9 +82,8 @@ def served_dtype(quant_config: dict, spec: VllmServeSpec) -> str | None:
     """The --dtype to pass (None: vLLM's auto)."""
     if spec.dtype != "auto":
         return spec.dtype
-    if (quant_config.get("quant_method") or "").lower() == "awq":
-        return "half"
-    return None
+    method = (quant_config.get("quant_method") or "none").lower()
+    return FORMATS[method].vllm_dtype if method in FORMATS else None
 
 
 def float_bytes(dtype: str | None) -> int:

@@ -12,13 +12,13 @@ from safetensors.torch import load_file, save_file
 from llmquant.errors import UserError
 from llmquant.formats.checkpoint import write_safetensors
 from llmquant.formats.stream import StreamedShards
-from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer, save_awq_model
+from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer
 from llmquant.quantize.awq import awq_arch
 from llmquant.quantize.base import CalibrationSet, QuantizeContext
 from llmquant.quantize.gptq.quantizer import GPTQHandler, GPTQQuantizer
 from llmquant.quantize.lazy import EagerBlocks, LazyBlocks, lazy_model
 from llmquant.quantize.rtn.quantizer import RTNQuantizer, quantize_linear
-from llmquant.quantize.save import save_gptq_model
+from llmquant.formats.write import write_quantized
 from llmquant.quantize.sequential import SequentialOptions, run_sequential
 from llmquant.quantize.targets import target_linears
 from llmquant.quantize.awq.config import AWQVariant
@@ -125,14 +125,14 @@ def whole_model_reference(src, method: str, variant, out):
     settings = {n: s for n, (_, s) in targets.items()}
     if method == "rtn":
         layers = {n: quantize_linear(n, lin, s, "cpu")[0] for n, (lin, s) in targets.items()}
-        save_gptq_model(model, layers, variant, None, out)
+        write_quantized(model, layers, "gptq", variant, None, out)
     elif method == "gptq":
         handler = GPTQHandler(model, variant, settings, "k")
         head = "lm_head" in settings
         res = run_sequential(model, CALIB.input_ids, handler, SequentialOptions(batch_size=6, keep_final=head))
         if head:  # calibrated on the last block's outputs, as GPTQQuantizer does
             GPTQQuantizer()._quantize_head(model, handler, res.hidden, variant, QuantizeContext(), EagerBlocks())
-        save_gptq_model(model, handler.layers, variant, None, out, extra_config={
+        write_quantized(model, handler.layers, "gptq", variant, None, out, extra_config={
             "desc_act": variant.desc_act, "static_groups": variant.static_groups,
             "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
             "act_group_aware": variant.act_group_aware and not variant.desc_act})
@@ -140,7 +140,7 @@ def whole_model_reference(src, method: str, variant, out):
         handler = AWQHandler(model, variant, settings, awq_arch.family_for("llama"), "k", torch.float32,
                              CALIB.input_ids.shape[0])
         run_sequential(model, CALIB.input_ids, handler, SequentialOptions(batch_size=6, staged=False))
-        save_awq_model(model, handler.layers, variant, None, out)
+        write_quantized(model, handler.layers, "awq", variant, None, out)
 
 
 QUANTIZERS = {"rtn": RTNQuantizer, "gptq": GPTQQuantizer, "awq": AWQQuantizer}

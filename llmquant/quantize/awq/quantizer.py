@@ -27,10 +27,10 @@ from torch import Tensor, nn
 
 from ...errors import UserError
 from ...formats import awq_gemm
-from ...formats.checkpoint import save_dtype, write_checkpoint
+from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
-from .config import AWQVariant
 from ...runs import content_hash
+from .config import AWQVariant
 from . import awq_arch
 from .awq_math import (
     InputStats,
@@ -308,24 +308,6 @@ def awq_config(variant: AWQVariant, layers: dict[str, tuple[int, bool]], skipped
 
 def block_linears(block: nn.Module, name: str) -> list[str]:
     return [f"{name}.{sub}" for sub, m in block.named_modules() if isinstance(m, nn.Linear)]
-
-
-def save_awq_model(model: nn.Module, layers: dict[str, IntWeight], variant: AWQVariant, tokenizer,
-                   out_dir: Path) -> dict:
-    """Pack `layers` as AWQ GEMM and write the whole model from memory (folded norms included).
-    Returns the quant config. (AWQQuantizer streams its checkpoint instead; this is its reference.)"""
-    packed = {}
-    for name, layer in layers.items():
-        tensors = awq_gemm.pack_layer(layer)
-        bias = model.get_submodule(name).bias
-        if bias is not None:
-            tensors["bias"] = bias.detach()
-        packed[name] = tensors
-    prefix, blocks = find_blocks(model)
-    skipped = [n for i, block in enumerate(blocks) for n in block_linears(block, f"{prefix}.{i}") if n not in layers]
-    qc = awq_config(variant, {n: group_size_of(layer, variant) for n, layer in layers.items()}, skipped)
-    write_checkpoint(out_dir, model, packed, qc, tokenizer, save_dtype(model, variant.save_dtype))
-    return qc
 
 
 class AWQQuantizer:

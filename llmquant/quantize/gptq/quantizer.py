@@ -18,10 +18,10 @@ from .config import GPTQVariant
 from ...runs import content_hash
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
+from ...formats.gptq_v1 import gptq_config, pack_gptq
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import Blocks, EagerBlocks
 from ..metrics import relative_error
-from ..save import gptq_config, pack_gptq
 from ..sequential import (
     BlockResult,
     BlockRun,

@@ -14,15 +14,15 @@ from torch import nn
 
 from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
+from ...formats.gptq_v1 import gptq_config, pack_gptq
 from ...formats.intweight import IntWeight
-from .config import RTNVariant
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..checkpoint_stream import CheckpointStream
 from ..grid import group_index, quantize_rtn
 from ..lazy import EagerBlocks
 from ..metrics import relative_error
-from ..save import gptq_config, pack_gptq
 from ..targets import LayerSettings, find_blocks, target_linears
+from .config import RTNVariant
 
 log = logging.getLogger("llmquant")
 
