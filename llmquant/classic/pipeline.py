@@ -24,7 +24,8 @@ from ..cpu import environment
 from ..errors import UserError
 from ..pipeline import in_recipe
 from ..progress import NULL_PROGRESS, Progress
-from ..runs import RunDir, atomic_dir, atomic_write_bytes, atomic_write_json, atomic_write_text, content_hash, read_json
+from ..runs import RunDir, atomic_write_json, atomic_write_text, content_hash
+from ..steps import cached_dir, cached_file, cached_result
 from ..winner import Decision
 from .data import Splits, coverage_notes, load_dataset, make_splits
 from .export import example_inputs, program_weights_bytes, save_program
@@ -91,9 +92,8 @@ def train_source(source: SourceModel, recipe: ClassicRecipe, splits: Splits, rd:
     key = content_hash({"factory": recipe.model.factory, "kwargs": recipe.model.kwargs,
                         "train": spec.model_dump(), "data": splits.train.sha256}, 24)
     path = rd.cache / f"trained-{key}.pt"
-    if path.is_file() and not fresh:
-        load_weights(source.module, read_state_dict(path), str(path))
-    else:
+
+    def train() -> bytes:
         with torch.random.fork_rng():
             torch.manual_seed(spec.seed)
             source.module.train()
@@ -102,7 +102,10 @@ def train_source(source: SourceModel, recipe: ClassicRecipe, splits: Splits, rd:
         progress.message(f"trained {source.label}: final loss {losses[-1]:.4f}")
         buf = io.BytesIO()
         torch.save(source.module.state_dict(), buf)
-        atomic_write_bytes(path, buf.getvalue())
+        return buf.getvalue()
+
+    if not cached_file(path, train, fresh=fresh):
+        load_weights(source.module, read_state_dict(path), str(path))
     source.module.eval()
     source.hash = key
     source.label = f"{source.label} (trained here)"
@@ -122,23 +125,18 @@ def _evaluate(artifact: Artifact, recipe: ClassicRecipe, splits: Splits, protoco
                          m.seconds, env)
 
 
-def _cached_result(path: Path, key: str, fresh: bool) -> ClassicResult | None:
-    cached = None if fresh else read_json(path)
-    if cached and cached.get("key") == key:
-        return ClassicResult.from_dict(cached["result"])
-    return None
-
-
 def _baseline_artifact(source: SourceModel, splits: Splits, rd: RunDir, fresh: bool) -> tuple[Artifact, str]:
     if source.onnx_path is not None:
         return Artifact(source.onnx_path, "onnx"), source.hash
     key = content_hash({"baseline": source.hash, "llmquant": __version__})
     d = rd.root / "baseline" / "artifact"
-    manifest = read_json(rd.root / "baseline" / "manifest.json")
-    if fresh or not manifest or manifest.get("key") != key or not (d / "model.pt2").is_file():
-        with atomic_dir(d) as tmp:
-            save_program(source.module, example_inputs(splits.calibration.inputs), tmp / "model.pt2")
-        atomic_write_json(rd.root / "baseline" / "manifest.json", {"key": key})
+
+    def build(tmp: Path) -> dict:
+        save_program(source.module, example_inputs(splits.calibration.inputs), tmp / "model.pt2")
+        return {}
+
+    cached_dir(d, rd.root / "baseline" / "manifest.json", key, build, fresh=fresh,
+               ready=lambda p: (p / "model.pt2").is_file())
     return Artifact(d / "model.pt2", "pt2"), key
 
 
@@ -173,11 +171,13 @@ def _run(recipe: ClassicRecipe, progress: Progress, fresh: bool, board_path: Pat
     # -- baseline ------------------------------------------------------------------------------
     base_art, base_key = _baseline_artifact(source, splits, rd, fresh)
     eval_key = content_hash({"artifact": base_key, "protocol": protocol.key})
-    baseline = _cached_result(rd.baseline_result(), eval_key, fresh)
-    if baseline is None:
+
+    def validate_baseline() -> ClassicResult:
         with progress.task("validate baseline", total=None):
-            baseline = _evaluate(base_art, recipe, splits, protocol, threads)
-        atomic_write_json(rd.baseline_result(), {"key": eval_key, "result": baseline.to_dict()})
+            return _evaluate(base_art, recipe, splits, protocol, threads)
+
+    baseline, _ = cached_result(rd.baseline_result(), eval_key, validate_baseline, fresh=fresh,
+                                encode=ClassicResult.to_dict, decode=ClassicResult.from_dict)
     progress.message(f"baseline: accuracy {baseline.metric:.2f} %" + (
         f", batch-1 latency {baseline.latency_ms_median:.3f} ms" if baseline.latency_ms_median else ""))
 
@@ -187,29 +187,27 @@ def _run(recipe: ClassicRecipe, progress: Progress, fresh: bool, board_path: Pat
         key = content_hash({"variant": var.model_dump(mode="json"), "model": source.hash, "data": splits.key,
                             "impl": METHODS[var.method].impl, "llmquant": __version__})
         art_dir = rd.variant(var.name) / "artifact"
-        manifest_path = rd.variant(var.name) / "manifest.json"
-        manifest = read_json(manifest_path)
-        quantized_now = False
-        if fresh or not manifest or manifest.get("key") != key or not art_dir.is_dir():
-            manifest_path.unlink(missing_ok=True)
-            ctx = ClassicContext(work_dir=rd.variant(var.name) / "work", progress=progress)
+        ctx = ClassicContext(work_dir=rd.variant(var.name) / "work", progress=progress)
+
+        def build(tmp: Path, var=var, ctx=ctx) -> dict:
             with progress.task(f"quantize {var.name} ({var.method})", total=None):
-                with atomic_dir(art_dir) as tmp:
-                    summary = get_method(var.method)(source, var, splits, tmp, ctx)
-            manifest = {"key": key, "method": var.method, "summary": summary, "llmquant": __version__}
-            atomic_write_json(manifest_path, manifest)
-            quantized_now = True
+                summary = get_method(var.method)(source, var, splits, tmp, ctx)
+            return {"method": var.method, "summary": summary, "llmquant": __version__}
+
+        manifest, quantized_now = cached_dir(art_dir, rd.variant(var.name) / "manifest.json", key, build, fresh=fresh)
+        summary = manifest["summary"]
+        if quantized_now:
             for note in summary.get("notes", []):
                 progress.message(f"{var.name}: {note}")
-        summary = manifest["summary"]
         artifact = Artifact(art_dir / summary["artifact"], summary["format"])
         vkey = content_hash({"artifact": key, "protocol": protocol.key})
-        result = None if quantized_now else _cached_result(rd.result(var.name), vkey, fresh)
-        evaluated_now = result is None
-        if result is None:
+
+        def validate(var=var, artifact=artifact) -> ClassicResult:
             with progress.task(f"validate {var.name}", total=None):
-                result = _evaluate(artifact, recipe, splits, protocol, threads)
-            atomic_write_json(rd.result(var.name), {"key": vkey, "result": result.to_dict()})
+                return _evaluate(artifact, recipe, splits, protocol, threads)
+
+        result, evaluated_now = cached_result(rd.result(var.name), vkey, validate, fresh=fresh or quantized_now,
+                                              encode=ClassicResult.to_dict, decode=ClassicResult.from_dict)
         verdict_ = verdict(baseline.metric - result.metric, result.nonfinite)
         progress.message(_line(var.name, result, baseline, verdict_))
         outcomes.append(ClassicOutcome(var.name, var.method, artifact, key, result, verdict_, summary,

@@ -12,7 +12,6 @@ import json
 import os
 import platform
 import resource
-import subprocess
 import sys
 import time
 from contextlib import nullcontext
@@ -28,6 +27,7 @@ from ..errors import UserError
 from ..loading import DTYPES, pick_device, set_threads
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import read_json
+from ..worker_io import run_relayed
 from .latency import measure_latency, prompts_from_stream
 from .protocols import Tensors, get_protocol, score, tensors_sha256
 from .upcast import float32_compute, stored_dtype
@@ -203,17 +203,7 @@ def evaluate_isolated(job: EvalJob, workdir: Path, progress: Progress = NULL_PRO
     out_path.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "llmquant.eval.worker", str(job_path), str(out_path)]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
-    tasks: dict[str, tuple] = {}
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                _relay(line, tasks, progress)
-        finally:
-            rc = proc.wait()
-            for cm, _ in tasks.values():
-                cm.__exit__(None, None, None)
+    rc = run_relayed(cmd, env, log_path, progress)
     if rc != 0 or not out_path.exists():
         data = read_json(out_path) or {}
         if data.get("user_error"):
@@ -225,17 +215,3 @@ def evaluate_isolated(job: EvalJob, workdir: Path, progress: Progress = NULL_PRO
         raise UserError(data["user_error"])
     return EvalResult.from_dict(data["result"])
 
-
-def _relay(line: str, tasks: dict, progress: Progress) -> None:
-    try:
-        msg = json.loads(line)
-    except ValueError:
-        return
-    kind, name = msg.get("event"), msg.get("task")
-    if kind == "start":
-        cm = progress.task(name, msg.get("total"))
-        tasks[name] = (cm, cm.__enter__())
-    elif kind == "advance" and name in tasks:
-        tasks[name][1](msg.get("n", 1), note=msg.get("note"))
-    elif kind == "end" and name in tasks:
-        tasks.pop(name)[0].__exit__(None, None, None)

@@ -5,8 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from platformdirs import user_cache_dir
-from safetensors.torch import save
-
 from ..board import Board, result_row
 from ..data import cached_tokens, check_eval_length, load_corpus
 from ..errors import UserError
@@ -14,7 +12,9 @@ from ..formats.load import CheckpointInfo, inspect_checkpoint
 from ..loading import fingerprint, load_tokenizer, pick_device, resolve_dtype, resolve_source
 from ..progress import Progress
 from ..recipe import DatasetSpec
-from ..runs import atomic_write_bytes, content_hash
+from ..run_inputs import tensors_bytes
+from ..runs import content_hash
+from ..steps import cached_file
 from .evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated
 from .protocols import eval_tensors, tensors_sha256
 
@@ -50,9 +50,8 @@ def evaluate_path(path: Path, dataset: str, split: str | None, field: str, seqle
         except UserError as e:
             raise UserError(str(e).replace("eval.seqlen", "--seqlen").replace("eval.dataset", "--dataset")
                             .replace("eval.protocol", "--protocol")) from None
-        tokens_path = cache / f"stream-{tensors_sha256(tensors)[:16]}.safetensors"
-        if not tokens_path.exists():
-            atomic_write_bytes(tokens_path, save({k: v.contiguous() for k, v in tensors.items()}))
+        tokens_path = cache / f"stream-{tensors_sha256(tensors)[:16]}.safetensors"  # the name carries the key
+        cached_file(tokens_path, lambda: tensors_bytes(tensors))
     job = EvalJob(checkpoint=str(path.resolve()), tokens_path=str(tokens_path), corpus=corpus.label,
                   corpus_sha256=corpus.sha256, seqlen=seqlen, max_windows=max_windows,
                   dtype=resolve_dtype(dtype, device), device=device, check_windows=2,

@@ -1,39 +1,18 @@
 """Child process of `evaluate_isolated`: python -m llmquant.eval.worker JOB.json OUT.json
 
-Reports progress as JSON lines on stdout and writes {"result": ...} or {"user_error": ...}.
+Reports progress as JSON lines on stdout (llmquant/worker_io.py) and writes {"result": ...} or {"user_error": ...}.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import UserError
 from ..runs import atomic_write_json
+from ..worker_io import JsonLinesProgress
 from .evaluate import EvalJob, evaluate_checkpoint
-
-
-class JsonLinesProgress:
-    def _emit(self, **msg) -> None:
-        sys.stdout.write(json.dumps(msg) + "\n")
-        sys.stdout.flush()
-
-    @contextmanager
-    def task(self, description: str, total: int | None):
-        self._emit(event="start", task=description, total=total)
-
-        def advance(n: int = 1, note: str | None = None) -> None:
-            self._emit(event="advance", task=description, n=n, note=note)
-
-        try:
-            yield advance
-        finally:
-            self._emit(event="end", task=description)
-
-    def message(self, text: str) -> None:
-        self._emit(event="message", text=text)
 
 
 def main(argv: list[str]) -> int:

@@ -7,17 +7,16 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 from pathlib import Path
 
 from safetensors.torch import save_file
 
 from ..errors import UserError
-from ..eval.evaluate import _relay
 from ..formats.load import inspect_checkpoint
 from ..loading import read_config_json
 from ..progress import Progress
 from ..runs import read_json
+from ..worker_io import run_relayed
 from . import BACKENDS
 from .interpreter import Peer, peer_environ
 from .job import make_job
@@ -42,27 +41,9 @@ def threads() -> int:
 
 
 def run_worker(cmd: list[str], env: dict, cwd: Path, log_path: Path, progress: Progress) -> int:
-    """Start the worker, relay its progress lines, and return its exit code. The peer library's own
-    output goes to `log_path`; the worker is stopped if we are interrupted."""
-    tasks: dict[str, tuple] = {}
-    with open(log_path, "w") as log_file:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log_file, text=True, env=env, cwd=cwd)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                _relay(line, tasks, progress)
-        except BaseException:  # interrupted: stop the worker (its stdout closes before it has exited)
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-            raise
-        finally:
-            rc = proc.wait()
-            for cm, _ in tasks.values():
-                cm.__exit__(None, None, None)
-    return rc
+    """Start the worker, relay its progress lines (worker_io.py), and return its exit code. The peer
+    library's own output goes to `log_path`; the worker is stopped if we are interrupted."""
+    return run_relayed(cmd, env, log_path, progress, cwd=cwd)
 
 
 class PeerQuantizer:

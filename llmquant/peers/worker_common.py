@@ -4,8 +4,9 @@ time, torch/safetensors only inside functions, and nothing from llmquant.
 The job is a JSON file (see llmquant/peers/job.py for its fields); the worker writes the
 checkpoint into job["out_dir"] and a small JSON result into job["result"]:
 {"peer", "version", "packages", "method", "peer_config", "seconds", "peak_rss_bytes", ...} or
-{"error": "<one line>"}. Progress goes out as JSON lines on the original stdout (like
-llmquant's eval worker); everything the peer library prints is sent to stderr (the log).
+{"error": "<one line>"}. Progress goes out as JSON lines on the original stdout (the protocol of
+llmquant/worker_io.py, as llmquant's eval worker); everything the peer library prints is sent
+to stderr (the log).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import shutil
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 
 JOB_VERSION = 1
@@ -24,26 +24,20 @@ QUANT_MARKERS = ("qweight", "weight_packed")  # a Linear whose tensors include o
 TOKENIZER_SKIP = {"config.json", "model.safetensors.index.json", "quantize_config.json", "quant_log.csv"}
 
 
-class Progress:
-    """JSON lines {"event": start|advance|end|message, ...} on a private copy of stdout."""
+def _load_worker_io():
+    """llmquant/worker_io.py (standard library only), loaded by its path: the progress protocol is
+    written once, and llmquant itself is not importable in the peer's interpreter."""
+    import importlib.util
 
-    def __init__(self, stream):
-        self.stream = stream
+    path = Path(__file__).resolve().parent.parent / "worker_io.py"
+    spec = importlib.util.spec_from_file_location("llmquant_worker_io", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    def _emit(self, **msg) -> None:
-        self.stream.write(json.dumps(msg) + "\n")
-        self.stream.flush()
 
-    @contextmanager
-    def task(self, description: str, total: int | None = None):
-        self._emit(event="start", task=description, total=total)
-        try:
-            yield lambda n=1, note=None: self._emit(event="advance", task=description, n=n, note=note)
-        finally:
-            self._emit(event="end", task=description)
-
-    def message(self, text: str) -> None:
-        self._emit(event="message", text=text)
+Progress = _load_worker_io().JsonLinesProgress
+"""JSON lines {"event": start|advance|end|message, ...} on a stream (llmquant/worker_io.py)."""
 
 
 def progress_channel() -> Progress:

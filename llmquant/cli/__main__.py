@@ -1,0 +1,5 @@
+"""python -m llmquant.cli"""
+
+from . import main
+
+main()
