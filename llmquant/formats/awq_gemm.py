@@ -197,7 +197,8 @@ def checkpoint_config(settings, layers: dict[str, IntWeight], prefix: str, block
                     "so this checkpoint loads in llmquant but not in vLLM", getattr(settings, "name", "?"),
                     sorted(used), settings.group_size)
     skipped = [n for n in block_linears if n not in layers]
-    qc = quantization_config(settings.bits, settings.group_size, settings.zero_point, skipped or None)
+    # a method without AWQ's zero_point option (RTN) stores its zeros: exact for either grid
+    qc = quantization_config(settings.bits, settings.group_size, getattr(settings, "zero_point", True), skipped or None)
     qc.update(extra_config or {})
     return qc, {}
 

@@ -22,7 +22,8 @@ class MethodEntry:
     config: str  # "module:attr" of its variant config (a pydantic model; imported to validate recipes)
     needs_calibration: bool
     summary: str
-    formats: tuple[str, ...] = ()  # checkpoint formats it writes (FORMATS keys); the first is the default
+    formats: tuple[str, ...] = ()  # checkpoint formats it writes (formats.table.FORMATS keys); the first is
+    #                               the default, others are chosen by the variant's `format` field
     loads_own_model: bool = False
     requires: tuple[str, ...] = ()  # importable packages the method needs (checked before a run)
     install: str | None = None  # how to get them
@@ -36,12 +37,14 @@ METHODS: dict[str, MethodEntry] = {
     "rtn": MethodEntry(
         "llmquant.quantize.rtn.quantizer:RTNQuantizer",
         config="llmquant.quantize.rtn.config:RTNVariant",
+        formats=("gptq", "awq"),
         needs_calibration=False,
         summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
     ),
     "bnb": MethodEntry(
         "llmquant.quantize.bnb.quantizer:BnbQuantizer",
         config="llmquant.quantize.bnb.config:BnbVariant",
+        formats=("bitsandbytes",),
         needs_calibration=False,
         summary="bitsandbytes LLM.int8 / NF4 / FP4 through transformers, saved with save_pretrained",
         loads_own_model=True,
@@ -51,12 +54,14 @@ METHODS: dict[str, MethodEntry] = {
     "gptq": MethodEntry(
         "llmquant.quantize.gptq.quantizer:GPTQQuantizer",
         config="llmquant.quantize.gptq.config:GPTQVariant",
+        formats=("gptq",),
         needs_calibration=True,
         summary="GPTQ: calibrated layer-by-layer solve with error feedback, GPTQ v1 checkpoint",
     ),
     "awq": MethodEntry(
         "llmquant.quantize.awq.quantizer:AWQQuantizer",
         config="llmquant.quantize.awq.config:AWQVariant",
+        formats=("awq",),
         needs_calibration=True,
         summary="AWQ: activation-aware channel scales and clipping, AWQ GEMM checkpoint",
         check="llmquant.quantize.awq.quantizer:check_model",

@@ -7,7 +7,7 @@ Imports nothing heavy: a recipe validates without torch.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import Field, SerializerFunctionWrapHandler, field_validator, model_serializer, model_validator
 
@@ -44,6 +44,10 @@ class ModuleOverride(Strict):
 
 
 class VariantBase(Strict):
+    """Every variant: a name, the dtype of what stays unquantized. A field added later lists its default
+    in `_omitted_defaults`: left out of the dump at that value, so older variants keep their cache keys."""
+
+    _omitted_defaults: ClassVar[dict[str, Any]] = {}
     name: str
     save_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="dtype of the tensors left unquantized; auto = float16 unless the model is bfloat16"
@@ -53,6 +57,15 @@ class VariantBase(Strict):
     @classmethod
     def _name(cls, v: str) -> str:
         return check_name(v)
+
+    @model_serializer(mode="wrap")
+    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict:
+        data = handler(self)
+        if isinstance(data, dict):
+            for key, default in self._omitted_defaults.items():
+                if key in data and data[key] == default:
+                    data.pop(key)
+        return data
 
 
 class WeightOnlyVariant(VariantBase):
@@ -84,13 +97,7 @@ class PeerBackedVariant(WeightOnlyVariant):
                 raise ValueError(f"quantize_lm_head is not passed to backend {backend}; use backend: {OURS}")
         return self
 
-    @model_serializer(mode="wrap")
-    def _dump(self, handler: SerializerFunctionWrapHandler) -> dict:
-        # leave the default backend out, so variants (and cache keys) from before `backend` stay the same
-        data = handler(self)
-        if isinstance(data, dict) and data.get("backend") == OURS:
-            data.pop("backend")
-        return data
+    _omitted_defaults: ClassVar[dict[str, Any]] = {"backend": OURS}
 
 
 def backend_field():

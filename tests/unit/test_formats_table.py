@@ -22,7 +22,9 @@ from llmquant.formats.table import FORMATS, MODULES
 from llmquant.formats.vllm_compat import VllmVerdict
 from llmquant.formats.write import write_quantized
 from llmquant.quantize.grid import group_index, quantize_rtn
-from llmquant.recipe import AWQVariant, BnbVariant, RTNVariant
+from llmquant.quantize.awq.config import AWQVariant
+from llmquant.quantize.bnb.config import BnbVariant
+from llmquant.quantize.rtn.config import RTNVariant
 from tests.conftest import load_fp32
 
 CONFIGS = {  # a minimal quantization_config of each format, as its tools write it

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from torch import nn
 
-from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
-from ...formats.gptq_v1 import gptq_config, pack_gptq
 from ...formats.intweight import IntWeight
+from ...formats.table import FORMATS
+from ...formats.write import block_linears, packed_module
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..checkpoint_stream import CheckpointStream
 from ..grid import group_index, quantize_rtn
@@ -43,7 +43,8 @@ class RTNQuantizer:
     version = "1"
 
     def quantize(self, model: nn.Module, variant: RTNVariant, calib: CalibrationSet | None,
-                 out_dir: Path, ctx: QuantizeContext) -> dict:
+                 out_dir: Path, ctx: QuantizeContext) -> QuantizeResult:
+        fmt = FORMATS[variant.format]
         targets = target_linears(model, variant)
         residency = ctx.blocks or EagerBlocks()
         prefix, blocks = find_blocks(model)
@@ -56,7 +57,7 @@ class RTNQuantizer:
                 for full, (linear, s) in targets.items():  # the same module objects: loaded with `module`
                     if full == name or full.startswith(name + "."):
                         layer, row = quantize_linear(full, linear, s, ctx.device)
-                        packed[full] = pack_gptq(layer, linear)
+                        packed[full] = packed_module(fmt, layer, linear)
                         report.append(row)
                         advance(1, note=f"{full} err {row['rel_error']:.4f}")
                 return packed
@@ -76,7 +77,7 @@ class RTNQuantizer:
                     head_packed = quantize_module("lm_head", head, advance)
                     residency.unload("lm_head", head)
             stream.add_outer(model, residency, head_packed)
-            qc, quantize_config = gptq_config([n for n in targets], prefix, variant)
-            stream.finish(model, qc, ctx.tokenizer, {"quantize_config.json": quantize_config})
-        return QuantizeResult(gptq_v1.FORMAT, qc, report,
+            qc, extra_json = fmt.checkpoint_config(variant, dict.fromkeys(targets), *block_linears(model))
+            stream.finish(model, qc, ctx.tokenizer, extra_json)
+        return QuantizeResult(fmt.writes, qc, report,
                               {"block_seconds": [round(t, 3) for _, t in block_seconds]})
