@@ -187,9 +187,9 @@ def _run(recipe: ClassicRecipe, progress: Progress, fresh: bool, board_path: Pat
         key = content_hash({"variant": var.model_dump(mode="json"), "model": source.hash, "data": splits.key,
                             "impl": METHODS[var.method].impl, "llmquant": __version__})
         art_dir = rd.variant(var.name) / "artifact"
-        ctx = ClassicContext(work_dir=rd.variant(var.name) / "work", progress=progress)
 
-        def build(tmp: Path, var=var, ctx=ctx) -> dict:
+        def build(tmp: Path, var=var) -> dict:
+            ctx = ClassicContext(work_dir=rd.variant(var.name) / "work", progress=progress)
             with progress.task(f"quantize {var.name} ({var.method})", total=None):
                 summary = get_method(var.method)(source, var, splits, tmp, ctx)
             return {"method": var.method, "summary": summary, "llmquant": __version__}

@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import UserError
 from .app import app, handle_errors
 
 
