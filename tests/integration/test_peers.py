@@ -98,7 +98,7 @@ PEER_PYTHON = {"gptqmodel": "/work/peers/gptqmodel/bin/python", "llmcompressor":
 def test_recipe_ranks_a_peer_next_to_ours(backend, tiny_recipe, tmp_path, monkeypatch):
     """A recipe with `backend: <peer>` quantizes in the peer's venv (from our calibration crops) and
     the row lands on our board beside ours, tagged with the peer's version. Needs the peer venvs
-    (README: Peers on our protocol); set LLMQUANT_<PEER>_PYTHON to point elsewhere."""
+    (docs/peers.md); set LLMQUANT_<PEER>_PYTHON to point elsewhere."""
     from llmquant.board import Board
     from llmquant.peers import BACKENDS
     from llmquant.pipeline import run

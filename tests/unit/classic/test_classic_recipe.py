@@ -96,10 +96,10 @@ def test_variant_checks(tmp_path):
 
 
 def test_readme_classic_example_parses():
-    """The README's classic recipe block is a valid recipe (its commented alternatives aside)."""
+    """The classic recipe block of docs/classic.md is a valid recipe (its commented alternatives aside)."""
     from pathlib import Path
 
-    text = (Path(__file__).resolve().parents[3] / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[3] / "docs" / "classic.md").read_text()
     block = text.split("```yaml\nkind: classic\n", 1)[1].split("```", 1)[0]
     r = parse_recipe(yaml.safe_load("kind: classic\n" + block))
     assert isinstance(r, ClassicRecipe) and [v.method for v in r.variants] == \
