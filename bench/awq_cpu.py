@@ -61,7 +61,8 @@ def parse_overrides(text: str) -> dict:
 def worker_ours(a: argparse.Namespace) -> dict:
     from safetensors.torch import load_file
 
-    from llmquant.loading import load_hf_model, load_tokenizer, set_threads
+    from llmquant.loading.models import load_hf_model, load_tokenizer
+    from llmquant.loading.runtime import set_threads
     from llmquant.quantize.awq.quantizer import AWQQuantizer
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.awq.config import AWQVariant

@@ -64,7 +64,7 @@ class Timers:
 
 
 def load_cut(model_dir: str, blocks: int):
-    from llmquant.loading import load_hf_model, load_tokenizer
+    from llmquant.loading.models import load_hf_model, load_tokenizer
 
     model = load_hf_model(Path(model_dir), "float32", "cpu")
     model.model.layers = model.model.layers[:blocks]
@@ -75,7 +75,7 @@ def load_cut(model_dir: str, blocks: int):
 def worker(a: argparse.Namespace) -> dict:
     from safetensors.torch import load_file
 
-    from llmquant.loading import set_threads
+    from llmquant.loading.runtime import set_threads
     from llmquant.quantize.awq import awq_math, awq_search, quantizer as awq
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.awq.config import AWQVariant

@@ -141,7 +141,7 @@ def main() -> None:
     from transformers import AutoTokenizer
 
     from llmquant.formats.load import load_checkpoint
-    from llmquant.loading import set_threads
+    from llmquant.loading.runtime import set_threads
     from llmquant.quantize.base import QuantizeContext
     from llmquant.quantize.bnb.quantizer import BnbQuantizer
     from llmquant.quantize.bnb.config import BnbVariant

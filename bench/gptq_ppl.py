@@ -56,7 +56,9 @@ def main() -> None:
     from llmquant.data import calibration_crops, tokenize
     from llmquant.eval.perplexity import perplexity
     from llmquant.formats.load import load_checkpoint
-    from llmquant.loading import load_hf_model, load_tokenizer, materialize_base, resolve_source, set_threads
+    from llmquant.loading.models import load_hf_model, load_tokenizer
+    from llmquant.loading.runtime import set_threads
+    from llmquant.loading.sources import materialize_base, resolve_source
     from llmquant.quantize import get_quantizer
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
 

@@ -87,7 +87,7 @@ def child(args: argparse.Namespace) -> None:
     import torch
 
     from llmquant.data import calibration_crops
-    from llmquant.loading import load_tokenizer
+    from llmquant.loading.models import load_tokenizer
     from llmquant.quantize.base import CalibrationSet, QuantizeContext
     from llmquant.quantize.lazy import lazy_model
     from llmquant.quantize.measure import measure_step
@@ -126,7 +126,7 @@ def eval_child(args: argparse.Namespace) -> None:
     """One evaluation (bf16 where this CPU has it, the float32 check of the first window, two
     2048-token windows), in this process; prints the process's peak RSS as JSON."""
     from llmquant.eval.evaluate import EvalJob, evaluate_checkpoint
-    from llmquant.loading import resolve_dtype
+    from llmquant.loading.runtime import resolve_dtype
 
     job = EvalJob(checkpoint=args.model, tokens_path=args.tokens, corpus="wikitext-2 valid", corpus_sha256="-",
                   seqlen=EVAL_SEQLEN, max_windows=EVAL_WINDOWS, dtype=resolve_dtype("auto", "cpu"), device="cpu",
@@ -140,7 +140,7 @@ def eval_tokens(work: Path, tokenizer_dir: Path) -> Path:
     import torch
     from safetensors.torch import save_file
 
-    from llmquant.loading import load_tokenizer
+    from llmquant.loading.models import load_tokenizer
 
     path = work / "eval-tokens.safetensors"
     if not path.exists():

@@ -37,7 +37,7 @@ def prompts_for(run_dir: Path, baseline_dir: Path, n: int, length: int) -> tuple
         ids, label = load_file(str(cached))["input_ids"], "the run's evaluation token stream"
     else:
         from llmquant.data import _pydoc_text
-        from llmquant.loading import load_tokenizer
+        from llmquant.loading.models import load_tokenizer
 
         ids = load_tokenizer(baseline_dir)(_pydoc_text("test", "bench"), return_tensors="pt").input_ids
         label = "builtin:pydoc[test]"

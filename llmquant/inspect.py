@@ -10,7 +10,7 @@ from pathlib import Path
 from .formats.load import CheckpointInfo, inspect_checkpoint
 from .formats.modules import ModuleQuant, checkpoint_modules
 from .formats.vllm_compat import Finding, VllmVerdict, vllm_verdict
-from .loading import read_config_json
+from .loading.sources import read_config_json
 
 
 @dataclass

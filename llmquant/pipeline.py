@@ -17,7 +17,7 @@ from .board import Board
 from .errors import UserError
 from .eval.evaluate import protocol_for
 from .eval.results import EvalResult
-from .loading import pick_device
+from .loading.runtime import pick_device
 from .quantize import quantizer_for
 from .preflight import PreflightReport, check_plan, preflight
 from .progress import NULL_PROGRESS, Progress

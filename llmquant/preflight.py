@@ -7,7 +7,7 @@ import logging
 from dataclasses import dataclass, field
 
 from .errors import UserError
-from .loading import ModelSource, load_config, resolve_source
+from .loading.sources import ModelSource, load_config, resolve_source
 from .recipe import Recipe
 from .quantize.config import WeightOnlyVariant
 

@@ -12,7 +12,9 @@ from .data import Corpus, calibration_crops, cached_tokens, check_eval_length, l
 from .errors import UserError
 from .eval.evaluate import EvalJob
 from .eval.protocols import Tensors, eval_tensors, tensors_sha256
-from .loading import fingerprint, load_error, load_tokenizer, materialize_base, resolve_dtype
+from .loading.models import load_error, load_tokenizer
+from .loading.runtime import resolve_dtype
+from .loading.sources import fingerprint, materialize_base
 from .progress import Progress
 from .quantize import METHODS
 from .quantize.base import CalibrationSet

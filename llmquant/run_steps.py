@@ -17,7 +17,7 @@ from .board import Board
 from .errors import UserError
 from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated
 from .eval.results import EvalResult
-from .loading import load_error, load_hf_model
+from .loading.models import load_error, load_hf_model
 from .progress import Progress
 from .quantize import METHODS, loads_own_model
 from .quantize.base import QuantizeContext

@@ -24,7 +24,7 @@ from safetensors.torch import load_file
 from .. import __version__
 from ..cpu import environment
 from ..errors import UserError
-from ..loading import DTYPES, pick_device, set_threads
+from ..loading.runtime import DTYPES, pick_device, set_threads
 from ..progress import NULL_PROGRESS, Progress
 from ..runs import read_json
 from ..worker_io import run_relayed

@@ -9,7 +9,9 @@ from ..board import Board, result_row
 from ..data import cached_tokens, check_eval_length, load_corpus
 from ..errors import UserError
 from ..formats.load import CheckpointInfo, inspect_checkpoint
-from ..loading import fingerprint, load_tokenizer, pick_device, resolve_dtype, resolve_source
+from ..loading.models import load_tokenizer
+from ..loading.runtime import pick_device, resolve_dtype
+from ..loading.sources import fingerprint, resolve_source
 from ..progress import Progress
 from ..recipe import DatasetSpec
 from ..run_inputs import tensors_bytes

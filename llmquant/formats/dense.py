@@ -37,7 +37,7 @@ def compute_note(info, dtype: str, device: str = "cpu") -> str:
 
 
 def load(path: Path, info, dtype, trust_remote_code: bool = False, device: str = "cpu"):
-    from ..loading import load_hf_model
+    from ..loading.models import load_hf_model
 
     return load_hf_model(path, str(dtype).removeprefix("torch."), device, trust_remote_code)
 

@@ -19,7 +19,9 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..errors import UserError
-from ..loading import DTYPES, is_hf_dir, load_tokenizer, read_config_json, weights_size
+from ..loading.models import load_tokenizer
+from ..loading.runtime import DTYPES
+from ..loading.sources import is_hf_dir, read_config_json, weights_size
 from .table import FORMATS, quantized_methods
 
 log = logging.getLogger("llmquant")

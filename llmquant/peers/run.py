@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 from ..errors import UserError
 from ..formats.load import inspect_checkpoint
-from ..loading import read_config_json
+from ..loading.sources import read_config_json
 from ..progress import Progress
 from ..runs import read_json
 from ..worker_io import run_relayed

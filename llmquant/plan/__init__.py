@@ -39,7 +39,7 @@ def plan_from_config(recipe, label: str, config, model, source_dir: Path | None,
     """The plan when the config and meta skeleton are already built (preflight has them)."""
     import torch
 
-    from ..loading import resolve_dtype
+    from ..loading.runtime import resolve_dtype
     from .footprint import stored_from_headers
 
     if device is None:
@@ -78,7 +78,7 @@ def checkpoint_estimate(checkpoint: Path, dtype: str, tokens: int, trust_remote_
 
 
 def plan_for(recipe, machine: Machine | None = None) -> Plan:
-    from ..loading import load_config, resolve_source
+    from ..loading.sources import load_config, resolve_source
     from ..preflight import meta_model
 
     m = recipe.model

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..formats.load import CheckpointInfo, inspect_checkpoint
-from ..loading import is_hf_dir, read_config_json
+from ..loading.sources import is_hf_dir, read_config_json
 from ..runs import read_json
 from .fit import ModelShape, WeightBytes
 
@@ -30,7 +30,7 @@ def _baseline_dir(run_dir: Path, results: dict) -> Path:
         return base
     recipe_path = results.get("recipe")
     if recipe_path and Path(recipe_path).is_file():
-        from ..loading import local_dir, resolve_source
+        from ..loading.sources import local_dir, resolve_source
         from ..recipe import load_recipe
 
         r = load_recipe(recipe_path)

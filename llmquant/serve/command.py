@@ -81,7 +81,7 @@ def describe_plan(target: ServeTarget, spec: ServeSpec, engine: str, key: str | 
 
 def local_memory_line(target: ServeTarget, spec: ServeSpec, trust: bool) -> str:
     """The built-in server's estimated peak (llmquant plan's arithmetic) against this machine's RAM."""
-    from ..loading import resolve_dtype
+    from ..loading.runtime import resolve_dtype
     from ..plan import checkpoint_estimate
     from ..plan.build import gib
     from ..plan.machine import host_memory

@@ -98,7 +98,7 @@ def log_path(target: ServeTarget, engine: str, tag: str = "serve") -> Path:
 
 def load_decoder(target: ServeTarget, serve: ServeSpec, trust_remote_code: bool = False):
     from ..formats.load import load_checkpoint
-    from ..loading import pick_device, resolve_dtype, set_threads
+    from ..loading.runtime import pick_device, resolve_dtype, set_threads
     from .textgen import Decoder
 
     set_threads()
