@@ -46,15 +46,6 @@ def meta_model(config):
     return model
 
 
-METHOD_FORMATS = {"rtn": "gptq", "gptq": "gptq", "awq": "awq", "bnb": "bitsandbytes"}
-"""The format (formats.table.FORMATS key) each method writes, unless its variant names one."""
-
-
-def variant_format(variant) -> str:
-    """A variant's `format` where it has one (a FORMATS key or written name), else its method's."""
-    return getattr(variant, "format", None) or METHOD_FORMATS.get(variant.method, "none")
-
-
 def shape_targets(model, variant) -> dict[str, tuple[object, int, int | None]]:
     """name -> (Linear, bits, group size) of the layers a variant quantizes: the recipe's targets
     for weight-only variants; every Linear at the variant's bits for the others (bitsandbytes)."""
@@ -70,11 +61,12 @@ def shape_targets(model, variant) -> dict[str, tuple[object, int, int | None]]:
 
 def check_shapes(recipe: Recipe, model) -> None:
     """Every quantized layer's shape against its format's rules (FORMATS[...].shape_problem)."""
-    from .formats.table import format_named
+    from .formats.table import FORMATS
+    from .quantize import checkpoint_format
     from .quantize.targets import allowed_group_sizes
 
     for i, v in enumerate(recipe.variants):
-        shape_problem = format_named(variant_format(v)).shape_problem
+        shape_problem = FORMATS[checkpoint_format(v)].shape_problem
         targets = shape_targets(model, v)
         if not targets and isinstance(v, WeightOnlyVariant):
             raise UserError(f"{recipe.path}: variants[{i}]: no Linear layers left to quantize (all skipped by overrides)")

@@ -188,8 +188,10 @@ def checkpoint_config(settings, layers: dict[str, IntWeight], prefix: str, block
                       extra_config: dict | None = None) -> tuple[dict, dict]:
     """CheckpointFormat.checkpoint_config: the decoder blocks' Linears not in `layers` are left
     dense (modules_to_not_convert: vLLM and transformers keep them dense). `settings`: bits,
-    group_size, zero_point (a recipe AWQ variant). No extra files."""
-    ints = [layer for layer in layers.values() if isinstance(layer, IntWeight)]
+    group_size, zero_point (a recipe AWQ variant). `layers`' values: IntWeights, or anything with
+    their `in_features` and `n_groups` (format.LayerGroups: a streaming quantizer keeps no
+    weights), or tensors already packed (not checked). No extra files."""
+    ints = [layer for layer in layers.values() if hasattr(layer, "n_groups")]
     used = {layer.in_features // layer.n_groups for layer in ints}
     if any(layer.in_features // layer.n_groups != (layer.in_features if settings.group_size == -1
                                                    else settings.group_size) for layer in ints):

@@ -13,7 +13,7 @@ This module imports no torch: the signatures below are documentation.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 # Signatures of the parts (`info` is a load.CheckpointInfo, `index` modules.tensor_index's result):
 #   summarize(qc) -> detect.QuantSummary                      what quantization_config says
@@ -31,6 +31,13 @@ from typing import Any, Callable
 #       settings: bits, group_size, sym, overrides (a recipe variant); layers: name -> IntWeight (model
 #       order); prefix: the decoder blocks' path; block_linears: every Linear of the decoder blocks
 #   extra_resident_bytes(model) -> int                        memory kept outside parameters and buffers
+
+
+class LayerGroups(NamedTuple):
+    """What `checkpoint_config` needs of a layer a streaming quantizer has already written."""
+
+    in_features: int
+    n_groups: int
 
 
 @dataclass(frozen=True)

@@ -158,33 +158,20 @@ def read_layers(path, info, state: dict[str, Tensor]) -> Iterator[tuple[str, Int
         yield name, unpack_layer(t, bits, zero_offset)
 
 
-def gptq_config(layer_names: list[str], prefix: str, settings, extra_config: dict | None = None) -> tuple[dict, dict]:
-    """(quantization_config for config.json, quantize_config.json) of a GPTQ v1 checkpoint whose
-    quantized Linears are `layer_names` (in model order); `settings`: bits, group_size, sym,
-    overrides (a recipe variant)."""
+def checkpoint_config(settings, layers: dict, prefix: str, block_linears: list[str],
+                      extra_config: dict | None = None) -> tuple[dict, dict]:
+    """CheckpointFormat.checkpoint_config: (quantization_config for config.json, {"quantize_config.json":
+    the same without modules_in_block_to_quantize}) of a GPTQ v1 checkpoint whose quantized Linears
+    are `layers`' keys (in model order); `settings`: bits, group_size, sym, overrides (a recipe variant)."""
+    names = list(layers)
     qc = quantization_config(
         bits=settings.bits, group_size=settings.group_size, sym=settings.sym,
-        lm_head="lm_head" in layer_names,
+        lm_head="lm_head" in names,
         dynamic=dynamic_rules(settings.overrides, settings.bits, settings.group_size, settings.sym),
         **(extra_config or {}),
     )
-    qc["modules_in_block_to_quantize"] = modules_in_block(list(layer_names), prefix)
-    quantize_config = {k: v for k, v in qc.items() if k != "modules_in_block_to_quantize"}
-    return qc, quantize_config
-
-
-def checkpoint_config(settings, layers: dict, prefix: str, block_linears: list[str],
-                      extra_config: dict | None = None) -> tuple[dict, dict]:
-    """CheckpointFormat.checkpoint_config: GPTQ's config plus its quantize_config.json."""
-    qc, quantize_config = gptq_config(list(layers), prefix, settings, extra_config)
-    return qc, {"quantize_config.json": quantize_config}
-
-
-def pack_gptq(layer: IntWeight | dict[str, Tensor], module: "nn.Module") -> dict[str, Tensor]:
-    """GPTQ v1 tensors of one Linear (packed now unless already), with its bias."""
-    from .write import packed_module
-
-    return packed_module(CHECKPOINT_FORMAT, layer, module)
+    qc["modules_in_block_to_quantize"] = modules_in_block(names, prefix)
+    return qc, {"quantize_config.json": {k: v for k, v in qc.items() if k != "modules_in_block_to_quantize"}}
 
 
 def summarize(qc: dict) -> QuantSummary:

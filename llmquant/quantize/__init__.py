@@ -89,6 +89,12 @@ def variant_configs() -> tuple[type, ...]:
     return tuple(config_class(m) for m in METHODS)
 
 
+def checkpoint_format(variant) -> str:
+    """The format (a formats.table.FORMATS key) a variant is written in: its `format` field where
+    the method offers a choice, else the method's one format."""
+    return getattr(variant, "format", None) or METHODS[variant.method].formats[0]
+
+
 PEER_QUANTIZER = "llmquant.peers.run:PeerQuantizer"
 """The backend for variants whose `backend:` names a peer tool (the peers' own table,
 llmquant.peers.BACKENDS, says which methods each serves)."""

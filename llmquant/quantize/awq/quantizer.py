@@ -26,9 +26,11 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ...formats import awq_gemm
 from ...formats.checkpoint import save_dtype
+from ...formats.format import LayerGroups
 from ...formats.intweight import IntWeight
+from ...formats.table import FORMATS
+from ...formats.write import block_linears, packed_module
 from ...runs import content_hash
 from .config import AWQVariant
 from . import awq_arch
@@ -44,6 +46,7 @@ from .awq_math import (
     weight_abs_mean,
 )
 from .awq_search import CallRecorder, module_loss, reusing_freed_memory, working_bytes_per_token
+from .. import checkpoint_format
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import EagerBlocks
@@ -288,25 +291,7 @@ class AWQHandler:
         return state, rows
 
 
-def group_size_of(layer: IntWeight, variant: AWQVariant) -> tuple[int, bool]:
-    """(the group size `layer` uses, whether it is the one quantization_config states)."""
-    used = layer.in_features // layer.n_groups
-    return used, used == (layer.in_features if variant.group_size == -1 else variant.group_size)
-
-
-def awq_config(variant: AWQVariant, layers: dict[str, tuple[int, bool]], skipped: list[str]) -> dict:
-    """quantization_config of an AWQ GEMM checkpoint; `layers`: name -> group_size_of(...),
-    `skipped`: the decoder blocks' Linears left dense (modules_to_not_convert: vLLM and
-    transformers keep them dense)."""
-    if not all(ok for _, ok in layers.values()):
-        group_sizes = {used for used, _ in layers.values()}
-        log.warning("awq %s: modules use group sizes %s: vLLM reads one group_size (%d) from quantization_config, "
-                    "so this checkpoint loads in llmquant but not in vLLM", variant.name, sorted(group_sizes),
-                    variant.group_size)
-    return awq_gemm.quantization_config(variant.bits, variant.group_size, variant.zero_point, skipped or None)
-
-
-def block_linears(block: nn.Module, name: str) -> list[str]:
+def linears_in(block: nn.Module, name: str) -> list[str]:
     return [f"{name}.{sub}" for sub, m in block.named_modules() if isinstance(m, nn.Linear)]
 
 
@@ -315,7 +300,7 @@ class AWQQuantizer:
     version = "2"  # 2: token-wise modules' searches score every k-th token of every sample
 
     def quantize(self, model: nn.Module, variant: AWQVariant, calib: CalibrationSet | None,
-                 out_dir: Path, ctx: QuantizeContext) -> dict:
+                 out_dir: Path, ctx: QuantizeContext) -> QuantizeResult:
         if calib is None:
             raise UserError(f"variants: {variant.name}: method 'awq' needs a 'calibration' section")
         model_type = getattr(model.config, "model_type", None)
@@ -338,32 +323,28 @@ class AWQQuantizer:
                                  label=f"awq {variant.name}", autocast=None if dtype == torch.float32 else dtype,
                                  activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype,
                                  float_outputs=variant.propagate == "float")
+        fmt = FORMATS[checkpoint_format(variant)]
         stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
         with stream:  # a failure removes what was written
-            groups: dict[str, tuple[int, bool]] = {}
-            skipped: list[str] = []
+            groups: dict[str, LayerGroups] = {}
 
             def block_done(i: int, name: str, block: nn.Module) -> None:
                 """The block's quantized Linears leave the handler, packed, for the checkpoint."""
                 packed = {}
-                for n in block_linears(block, name):
+                for n in linears_in(block, name):
                     layer = handler.layers.pop(n, None)
-                    if layer is None:
-                        skipped.append(n)
-                        continue
-                    packed[n] = awq_gemm.pack_layer(layer)
-                    if targets[n][0].bias is not None:
-                        packed[n]["bias"] = targets[n][0].bias.detach()
-                    groups[n] = group_size_of(layer, variant)
+                    if layer is not None:  # else left dense (modules_to_not_convert)
+                        packed[n] = packed_module(fmt, layer, targets[n][0])
+                        groups[n] = LayerGroups(layer.in_features, layer.n_groups)
                 stream.add_module(name, block, packed)
 
             result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency, block_done)
             stream.add_outer(model, residency)
-            qc = awq_config(variant, groups, skipped)
-            stream.finish(model, qc, ctx.tokenizer)
+            qc, extra_json = fmt.checkpoint_config(variant, groups, *block_linears(model))
+            stream.finish(model, qc, ctx.tokenizer, extra_json)
         if result.resumed:
             log.info("awq %s: blocks %s re-applied from the saved search in %s (no search); %d blocks searched now",
                      variant.name, result.resumed, ctx.work_dir, len(result.solved))
-        return QuantizeResult(awq_gemm.FORMAT, qc, result.report, {
+        return QuantizeResult(fmt.writes, qc, result.report, {
             "calib_dtype": str(dtype), "resumed_blocks": result.resumed, "solved_blocks": result.solved,
             "searched_mappings": handler.searched, "block_seconds": [round(t, 3) for _, t in result.block_seconds]})

@@ -16,9 +16,11 @@ from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
 from .config import GPTQVariant
 from ...runs import content_hash
+from .. import checkpoint_format
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from .gptq_math import GPTQOutput, NotPositiveDefinite, accumulate_hessian, gptq_quantize
-from ...formats.gptq_v1 import gptq_config, pack_gptq
+from ...formats.table import FORMATS
+from ...formats.write import block_linears, packed_module
 from ..checkpoint_stream import CheckpointStream
 from ..lazy import Blocks, EagerBlocks
 from ..metrics import relative_error
@@ -30,7 +32,7 @@ from ..sequential import (
     default_batch_size,
     run_sequential,
 )
-from ..targets import LayerSettings, find_blocks, target_linears
+from ..targets import LayerSettings, target_linears
 
 log = logging.getLogger("llmquant")
 
@@ -159,7 +161,7 @@ class GPTQQuantizer:
     max_parked: int | None = None
 
     def quantize(self, model: nn.Module, variant: GPTQVariant, calib: CalibrationSet | None,
-                 out_dir: Path, ctx: QuantizeContext) -> dict:
+                 out_dir: Path, ctx: QuantizeContext) -> QuantizeResult:
         if calib is None:
             raise UserError(f"variants: {variant.name}: method 'gptq' needs a 'calibration' section")
         residency = ctx.blocks or EagerBlocks()
@@ -177,6 +179,7 @@ class GPTQQuantizer:
                                  work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",
                                  max_parked=self.max_parked, activation_budget=ctx.activation_budget_bytes,
                                  activation_dtype=ctx.activation_dtype)
+        fmt = FORMATS[checkpoint_format(variant)]
         stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
         with stream:  # a failure removes what was written
             written: set[str] = set()
@@ -185,7 +188,7 @@ class GPTQQuantizer:
                 """The block's packed Linears leave the handler for the checkpoint."""
                 packed = {}  # in model order, solved or restored alike: the same shard boundaries
                 for n in [n for n in targets if n.startswith(name + ".") and n in handler.layers]:
-                    packed[n] = pack_gptq(handler.layers.pop(n), targets[n][0])
+                    packed[n] = packed_module(fmt, handler.layers.pop(n), targets[n][0])
                     written.add(n)
                 stream.add_module(name, block, packed)
 
@@ -194,19 +197,19 @@ class GPTQQuantizer:
             head_packed = {}
             if head:
                 report.append(self._quantize_head(model, handler, result.hidden, variant, ctx, residency))
-                head_packed = {"lm_head": pack_gptq(handler.layers.pop("lm_head"), targets["lm_head"][0])}
+                head_packed = {"lm_head": packed_module(fmt, handler.layers.pop("lm_head"), targets["lm_head"][0])}
                 written.add("lm_head")
             stream.add_outer(model, residency, head_packed)
-            prefix, _ = find_blocks(model)
-            qc, quantize_config = gptq_config([n for n in targets if n in written], prefix, variant, extra_config={
+            qc, extra_json = fmt.checkpoint_config(variant, {n: None for n in targets if n in written},
+                                                   *block_linears(model), extra_config={
                 "desc_act": variant.desc_act, "static_groups": variant.static_groups,
                 "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
                 "act_group_aware": variant.act_group_aware and not variant.desc_act})
-            stream.finish(model, qc, ctx.tokenizer, {"quantize_config.json": quantize_config})
+            stream.finish(model, qc, ctx.tokenizer, extra_json)
         if result.resumed:
             log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))
-        return QuantizeResult(gptq_v1.FORMAT, qc, report, {
+        return QuantizeResult(fmt.writes, qc, report, {
             "resumed_blocks": result.resumed, "solved_blocks": result.solved,
             "block_seconds": [round(t, 3) for _, t in result.block_seconds]})
 

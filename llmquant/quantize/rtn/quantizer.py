@@ -16,6 +16,7 @@ from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
 from ...formats.table import FORMATS
 from ...formats.write import block_linears, packed_module
+from .. import checkpoint_format
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..checkpoint_stream import CheckpointStream
 from ..grid import group_index, quantize_rtn
@@ -44,7 +45,7 @@ class RTNQuantizer:
 
     def quantize(self, model: nn.Module, variant: RTNVariant, calib: CalibrationSet | None,
                  out_dir: Path, ctx: QuantizeContext) -> QuantizeResult:
-        fmt = FORMATS[variant.format]
+        fmt = FORMATS[checkpoint_format(variant)]
         targets = target_linears(model, variant)
         residency = ctx.blocks or EagerBlocks()
         prefix, blocks = find_blocks(model)
