@@ -14,9 +14,6 @@ import math
 
 from torch import nn
 
-PACKED = {"rtn": "gptq-v1", "gptq": "gptq-v1", "awq": "awq-gemm", "bnb": "bitsandbytes"}
-
-
 def grouped_bytes(in_f: int, out_f: int, bits: int, group: int, g_idx: bool) -> int:
     n = 1 if group == -1 else math.ceil(in_f / group)
     b = in_f * out_f * bits // 8 + n * out_f * bits // 8 + n * out_f * 2
@@ -59,11 +56,12 @@ def checkpoint_bytes(model: nn.Module, variant, resident: bool = False) -> tuple
                 packed += bnb_bytes(mod.in_features, mod.out_features, variant.mode, variant.double_quant)
                 unquantized -= mod.weight.numel()
         return packed + unquantized * save_bytes(variant), unquantized
+    from ..quantize import checkpoint_format
     from ..quantize.targets import target_linears
 
-    fmt = PACKED.get(variant.method, "gptq-v1")
+    g_idx = checkpoint_format(variant) == "gptq"  # AWQ GEMM has none
     for lin, s in target_linears(model, variant).values():
         packed += (resident_bytes(lin.in_features, lin.out_features, s.bits, s.group_size) if resident else
-                   grouped_bytes(lin.in_features, lin.out_features, s.bits, s.group_size, fmt == "gptq-v1"))
+                   grouped_bytes(lin.in_features, lin.out_features, s.bits, s.group_size, g_idx))
         unquantized -= lin.weight.numel()
     return packed + unquantized * save_bytes(variant), unquantized
