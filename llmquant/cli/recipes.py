@@ -86,24 +86,20 @@ def validate(recipes: list[Path] = typer.Argument(..., help="Recipe YAML file(s)
 
     for path in recipes:
         r = load_recipe(path)
+        methods = ", ".join(f"{v.name} ({v.method})" for v in r.variants) or "no variants"
         if getattr(r, "kind", None) == "classic":
             from ..classic.preflight import preflight_classic
 
             rep = preflight_classic(r)
-            methods = ", ".join(f"{v.name} ({v.method})" for v in r.variants) or "no variants"
-            out_console.print(f"[green]ok[/] {path}: classic model {rep.model}; data {rep.data}; {methods}",
-                              highlight=False)
-            for note in rep.notes:
-                out_console.print(f"   note: {note}", highlight=False)
-            continue
-        report = preflight(r)
-        methods = ", ".join(f"{v.name} ({v.method})" for v in r.variants) or "no variants"
-        out_console.print(f"[green]ok[/] {path}: model {report.source.label} ({report.source.kind}); {methods}",
-                          highlight=False)
-        for note in report.notes:
+            what, notes = f"classic model {rep.model}; data {rep.data}", list(rep.notes)
+        else:
+            report = preflight(r)
+            what, notes = f"model {report.source.label} ({report.source.kind})", list(report.notes)
+            notes += [f"will not fit this machine (llmquant plan {path}): {problem}"
+                      for problem in (report.plan.problems if report.plan else [])]
+        out_console.print(f"[green]ok[/] {path}: {what}; {methods}", highlight=False)
+        for note in notes:
             out_console.print(f"   note: {note}", highlight=False)
-        for problem in (report.plan.problems if report.plan else []):
-            out_console.print(f"   note: will not fit this machine (llmquant plan {path}): {problem}", highlight=False)
 
 
 @app.command()
