@@ -18,13 +18,13 @@ from .errors import UserError
 from .eval.evaluate import protocol_for
 from .eval.results import EvalResult
 from .loading.runtime import pick_device
-from .quantize import quantizer_for
 from .preflight import PreflightReport, check_plan, preflight
 from .progress import NULL_PROGRESS, Progress
+from .quantize import quantizer_for
 from .recipe import Recipe
-from .run_inputs import RunInputs, build_calibration, eval_data, latency_job, load_base  # noqa: F401 (latency_job: API)
+from .run_inputs import RunInputs, build_calibration, eval_data, load_base
 from .run_report import board_rows, candidate, write_reports
-from .run_steps import VariantOutcome, baseline_step, load_for_quantizing, variant_step  # noqa: F401 (API)
+from .run_steps import VariantOutcome, baseline_step, variant_step
 from .runs import RunDir
 from .winner import Decision, pick_winner
 

@@ -3,7 +3,7 @@
 import pytest
 
 from llmquant.errors import UserError
-from llmquant.pipeline import latency_job
+from llmquant.run_inputs import latency_job
 from llmquant.recipe import parse_recipe
 
 BASE = {"model": {"source": "m"}, "eval": {"dataset": "builtin:pydoc"}}

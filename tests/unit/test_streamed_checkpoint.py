@@ -220,7 +220,7 @@ def test_a_missing_tensor_names_itself_and_the_directory(tmp_path, models):
 def test_a_checkpoint_named_otherwise_is_loaded_whole_with_a_warning(tmp_path, caplog):
     from transformers import LlamaConfig, LlamaModel
 
-    from llmquant.pipeline import load_for_quantizing
+    from llmquant.run_steps import load_for_quantizing
 
     cfg = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, vocab_size=128)
