@@ -1,5 +1,5 @@
 """GPTQ quantizer: the shared sequential loop (sequential.py) driving the GPTQ solver
-(gptq_math.py), saved as a GPTQ v1 checkpoint (save.py)."""
+(gptq_math.py), written block by block in its format (formats.table, GPTQ v1)."""
 
 from __future__ import annotations
 
