@@ -2,7 +2,7 @@
 4- and 8-bit checkpoints vs the fp32 baseline, in the same run.
 
     python bench/decode.py [--checkpoint DIR] [--out bench/results/decode.md]
-    ATEN_CPU_CAPABILITY=avx2 python bench/decode.py ...   # as torch dispatches on an AVX2-only CPU
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/decode.py ...   # as torch dispatches on an AVX2-only CPU
 
 Without --checkpoint, makes RTN W4 g64 and W8 g64 GPTQ-format checkpoints of SmolLM2 (the
 kernels do not depend on how the integers were chosen; --checkpoint replaces the W4 one).

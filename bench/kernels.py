@@ -1,7 +1,7 @@
 """QuantLinear's paths per CPU capability: decode kernels vs the dense path vs a float matmul.
 
     python bench/kernels.py [--shapes smollm2|7b] [--out bench/results/kernels-DATE-CAP.md]
-    ATEN_CPU_CAPABILITY=avx2 python bench/kernels.py ...   # as torch dispatches on an AVX2-only CPU
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python bench/kernels.py ...   # as torch dispatches on an AVX2-only CPU
 
 For W4 and W8 (g64) and each activation row count M, times every path QuantLinear can take:
 `int4` (torch's _weight_int4pack_mm_for_cpu, bf16 math), `int4c` (our C kernel on the same

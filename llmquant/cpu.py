@@ -97,12 +97,25 @@ def environment(threads: bool = True) -> dict:
     return d
 
 
+def emulation_problem(info: CpuInfo, environ=os.environ) -> str | None:
+    """Why an emulated lesser CPU is incomplete: oneDNN picks its kernels by the silicon (AMX) unless
+    capped too, and torch's bf16 attention then packs for AMX and refuses under AVX2 dispatch
+    ("pack_vnni2 is only supported when avx512 is supported")."""
+    if info.emulated and "amx_bf16" in info.flags and not environ.get("ONEDNN_MAX_CPU_ISA"):
+        return (f"ATEN_CPU_CAPABILITY={environ.get('ATEN_CPU_CAPABILITY')} on an AMX CPU: also set "
+                "ONEDNN_MAX_CPU_ISA=AVX2 (as an AVX2-only CPU has it), or bf16 attention fails")
+    return None
+
+
 def environment_lines(full: bool = False) -> list[str]:
     from . import __version__
 
     info = cpu_info()
     lines = [f"llmquant {__version__} (torch {torch.__version__}, Python {platform.python_version()})",
              f"cpu: {info.line()}"]
+    problem = emulation_problem(info)
+    if problem:
+        lines.append(f"warning: {problem}")
     if full:
         from .formats.int4_layout import detect_layout
 

@@ -20,10 +20,11 @@ def test_bf16_rule():
 
 def _probe(env_cap):
     env = dict(os.environ)
-    env.pop("ATEN_CPU_CAPABILITY", None)
-    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
-    if env_cap:
+    for var in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "TORCHINDUCTOR_CACHE_DIR"):
+        env.pop(var, None)
+    if env_cap:  # as on a CPU without the newer instructions: torch and oneDNN both capped
         env["ATEN_CPU_CAPABILITY"] = env_cap
+        env["ONEDNN_MAX_CPU_ISA"] = env_cap.upper()
     code = ("import json, os; from llmquant.cpu import cpu_info, isolate_inductor_cache; "
             "from llmquant.loading.runtime import resolve_dtype; isolate_inductor_cache(); i = cpu_info(); "
             "print(json.dumps({**i.as_dict(), 'auto': resolve_dtype('auto', 'cpu'), "
@@ -59,3 +60,15 @@ def test_version_and_env_report_the_capability():
     assert res.exit_code == 0 and f"torch dispatch {cap}" in res.output
     res = CliRunner().invoke(app, ["env"])
     assert res.exit_code == 0 and "int4 layout: " in res.output and f"torch dispatch {cap}" in res.output
+
+
+def test_an_incomplete_emulation_on_an_amx_cpu_is_named():
+    from llmquant.cpu import CpuInfo, emulation_problem
+
+    amx = CpuInfo("Xeon", "AVX2", True, ("avx2", "avx512f", "avx512_bf16", "amx_bf16"), False)
+    problem = emulation_problem(amx, {"ATEN_CPU_CAPABILITY": "avx2"})
+    assert problem and "ONEDNN_MAX_CPU_ISA=AVX2" in problem and "ATEN_CPU_CAPABILITY=avx2" in problem
+    assert emulation_problem(amx, {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}) is None
+    no_amx = CpuInfo("EPYC", "AVX2", True, ("avx2", "avx512f", "avx512_bf16"), False)
+    assert emulation_problem(no_amx, {"ATEN_CPU_CAPABILITY": "avx2"}) is None
+    assert emulation_problem(CpuInfo("Xeon", "AVX512", False, amx.flags, True), {}) is None
