@@ -11,7 +11,7 @@ from typing import Any
 from .data import Corpus, calibration_crops, cached_tokens, check_eval_length, load_corpus
 from .errors import UserError
 from .eval.evaluate import EvalJob
-from .eval.protocols import Tensors, eval_tensors, tensors_sha256
+from .eval.protocols import Tensors, eval_tensors, tensors_bytes, tensors_sha256
 from .loading.models import load_error, load_tokenizer
 from .loading.runtime import resolve_dtype
 from .loading.sources import fingerprint, materialize_base
@@ -124,12 +124,6 @@ def eval_data(recipe: Recipe, rd: RunDir, base: Base, progress: Progress) -> Eva
         cached_file(tokens_path, lambda: tensors_bytes(tensors), key=tensors_sha256(tensors),
                     record=rd.cache / "eval-tokens.json")
     return EvalData(corpus, tensors, tokens_path)
-
-
-def tensors_bytes(tensors: Tensors) -> bytes:
-    from safetensors.torch import save
-
-    return save({k: v.contiguous() for k, v in tensors.items()})
 
 
 def build_calibration(recipe: Recipe, rd: RunDir, tokenizer, model_hash: str, progress: Progress) -> CalibrationSet | None:

@@ -65,10 +65,6 @@ def report_check(label: str, result: EvalResult, progress: Progress) -> None:
                          f"{c['tolerance_pct']} %: both are recorded in results.json")
 
 
-def _record(result: EvalResult) -> dict:
-    return result.to_dict()
-
-
 def baseline_step(run: RunInputs, board: Board, pkey: str) -> tuple[EvalResult, bool]:
     """(baseline result, reused): cached by (model, protocol) in the run directory, else taken from
     the leaderboard (a baseline another run measured on the same protocol), else evaluated."""
@@ -83,7 +79,7 @@ def baseline_step(run: RunInputs, board: Board, pkey: str) -> tuple[EvalResult, 
         evaluated.append(True)
         return evaluate(job, run.recipe, run.rd, "baseline", run.progress)
 
-    baseline, _ = cached_result(run.rd.baseline_result(), key, compute, fresh=run.fresh, encode=_record,
+    baseline, _ = cached_result(run.rd.baseline_result(), key, compute, fresh=run.fresh, encode=EvalResult.to_dict,
                                 decode=EvalResult.from_dict)
     reused = not evaluated
     run.progress.message(f"baseline perplexity {baseline.ppl:.3f}" + (" (reused)" if reused else ""))
@@ -215,7 +211,7 @@ def variant_step(run: RunInputs, variant, quantizer, pkey: str, baseline: EvalRe
     vkey = content_hash({"artifact": key, "protocol": pkey, "job": asdict(job)})
     result, evaluated_now = cached_result(
         run.rd.result(variant.name), vkey, lambda: evaluate(job, run.recipe, run.rd, variant.name, run.progress),
-        fresh=run.fresh or quantized_now, encode=_record, decode=EvalResult.from_dict)
+        fresh=run.fresh or quantized_now, encode=EvalResult.to_dict, decode=EvalResult.from_dict)
     run.progress.message(f"{variant.name}: perplexity {result.ppl:.3f} "
                          f"({delta_pct(result.ppl, baseline.ppl):+.2f} %)")
     report_check(variant.name, result, run.progress)

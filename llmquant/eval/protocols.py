@@ -157,6 +157,13 @@ def tensors_sha256(t: Tensors) -> str:
     return h.hexdigest()
 
 
+def tensors_bytes(t: Tensors) -> bytes:
+    """The safetensors file of what is scored (EvalJob.tokens_path holds it)."""
+    from safetensors.torch import save
+
+    return save({k: v.contiguous() for k, v in t.items()})
+
+
 def eval_tensors(name: str, tokenizer, text: str, stream: Tensor) -> Tensors:
     """The tensors a protocol scores, from the corpus text and its token stream; UserError when it cannot."""
     from ..errors import UserError

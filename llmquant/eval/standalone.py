@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from platformdirs import user_cache_dir
+
 from ..board import Board, result_row
 from ..data import cached_tokens, check_eval_length, load_corpus
 from ..errors import UserError
@@ -14,11 +15,10 @@ from ..loading.runtime import pick_device, resolve_dtype
 from ..loading.sources import fingerprint, resolve_source
 from ..progress import Progress
 from ..recipe import DatasetSpec
-from ..run_inputs import tensors_bytes
 from ..runs import content_hash
 from ..steps import cached_file
 from .evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated
-from .protocols import eval_tensors, tensors_sha256
+from .protocols import eval_tensors, tensors_bytes, tensors_sha256
 
 
 def _tokenizer_for(path: Path, info: CheckpointInfo):

@@ -64,6 +64,14 @@ def _matches(target: str, name: str, module_class: str = "Linear") -> bool:
     return target == name or target == module_class or name.endswith("." + target)
 
 
+def declared_schemes(qc: dict) -> list[WeightScheme]:
+    """schemes(qc), or none where the config cannot be read (`inspect` still lists the tensors)."""
+    try:
+        return schemes(qc)
+    except ValueError:
+        return []
+
+
 def schemes(qc: dict) -> list[WeightScheme]:
     """The weight schemes of a compressed-tensors config, in config order (raises ValueError)."""
     out = []
@@ -214,10 +222,7 @@ def shape_problem(in_features: int, out_features: int, bits: int, group_size: in
 def summarize(qc: dict) -> QuantSummary:
     used = formats_used(qc)
     fmt = "ct-" + (PACKED if used == {PACKED} else "+".join(sorted(used)))
-    try:
-        found = schemes(qc)
-    except ValueError:
-        found = []
+    found = declared_schemes(qc)
     if not found:
         return QuantSummary(fmt, None, None, None, None)
     s = found[0]
@@ -225,10 +230,7 @@ def summarize(qc: dict) -> QuantSummary:
 
 
 def modules(path, index: dict, qc: dict) -> list[ModuleQuant]:
-    try:
-        found = schemes(qc)
-    except ValueError:
-        found = []
+    found = declared_schemes(qc)
     out = []
     for name in layer_prefixes(index, ".weight_packed"):
         out_f, in_f = (int(v) for v in read_small(path, f"{name}.weight_shape").tolist())

@@ -17,11 +17,3 @@ class QuantSummary:
     group_size: int | None
     sym: bool | None
     desc_act: bool | None
-
-
-def summarize(method: str, qc: dict) -> QuantSummary:
-    from .table import FORMATS
-
-    if method not in FORMATS:
-        return QuantSummary(method, qc.get("bits"), qc.get("group_size"), qc.get("sym"), qc.get("desc_act"))
-    return FORMATS[method].summarize(qc)

@@ -24,20 +24,17 @@ in that permutation // group_size (with static_groups: i // group_size, monotoni
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from ..errors import UserError
 from .bitpack import pack_cols, pack_rows, unpack_cols, unpack_rows, unit
 from .detect import QuantSummary
 from .format import CheckpointFormat, packed_compute_note
 from .intweight import IntWeight
 from .modules import ModuleQuant, gptq_dynamic, group_size_from, layer_prefixes
-from .vllm_compat import MARLIN_GROUPS, gptq_verdict
-
-if TYPE_CHECKING:
-    from torch import nn
+from .vllm_compat import MARLIN_GROUPS, MARLIN_TYPES, gptq_verdict
 
 FORMAT = "gptq-v1"
 
@@ -201,13 +198,8 @@ def modules(path, index: dict, qc: dict) -> list[ModuleQuant]:
     return out
 
 
-MARLIN_TYPES = {(4, True), (8, True)}  # gptq_marlin's (bits, sym)
-
-
 def vllm_args(qc: dict) -> tuple[list[str], list[str]]:
     """No flag: vLLM reads quantization_config and picks gptq_marlin itself where it can."""
-    from ..errors import UserError
-
     bits, sym, group = qc.get("bits"), qc.get("sym"), qc.get("group_size")
     if (bits, sym) in MARLIN_TYPES and group in MARLIN_GROUPS:
         notes = [f"GPTQ {bits}-bit sym, group {group}: vLLM picks its gptq_marlin kernel itself"]

@@ -157,9 +157,7 @@ def load_checkpoint(path: Path, dtype: str = "float32", device: str = "cpu", tru
         return model.to(device).eval(), tok, info
     tok = load_tokenizer(path, trust_remote_code)
     fmt = FORMATS[info.method]
-    if info.method == "none":
-        return fmt.load(path, info, torch_dtype, trust_remote_code, device), tok, info
-    if fmt.load:
+    if fmt.load:  # dense checkpoints and formats with a loader of their own
         model = fmt.load(path, info, torch_dtype, trust_remote_code, device)
     else:
         model = load_packed(path, info, torch_dtype, trust_remote_code, compile_kernels)
@@ -175,5 +173,5 @@ def compute_note(info: CheckpointInfo, dtype: str, device: str = "cpu") -> str:
 
 def extra_resident_bytes(model: nn.Module, info: CheckpointInfo) -> int:
     """Memory a format keeps outside parameters and buffers (bitsandbytes quant states)."""
-    fmt = FORMATS.get(info.method) if info.format != "gguf" else None
+    fmt = FORMATS.get(info.method)  # a GGUF file has none: transformers de-quantized it
     return fmt.extra_resident_bytes(model) if fmt is not None and fmt.extra_resident_bytes else 0

@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field
 from .modules import ModuleQuant
 
 MARLIN_GROUPS = (-1, 32, 64, 128)
+MARLIN_TYPES = ((4, True), (8, True))  # gptq_marlin TYPE_MAP: (bits, sym)
 MARLIN_MIN_N = 64  # GPTQ_MARLIN_MIN_THREAD_N
 MARLIN_MIN_K = 128  # GPTQ_MARLIN_MIN_THREAD_K
 FUSED = {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "gate_up_proj": ("gate_proj", "up_proj")}
@@ -160,12 +161,12 @@ def gptq_verdict(qc: dict, fmt: str, quantized: list[ModuleQuant], model_dtype: 
     if bits not in (2, 3, 4, 8):
         return VllmVerdict("gptq", "none", "-", [Finding("gptq-bits", "blocker",
                            f"{bits}-bit GPTQ: vLLM's GPTQConfig takes 2/3/4/8 bits only")])
-    marlin = (bits, bool(sym)) in ((4, True), (8, True)) and gs in MARLIN_GROUPS and sm >= 75
+    marlin = (bits, bool(sym)) in MARLIN_TYPES and gs in MARLIN_GROUPS and sm >= 75
     v2 = fmt == "gptq-v2"
     if marlin:
         verdict = VllmVerdict("gptq_marlin", "machete (sm90) / marlin" if sm >= 90 else "marlin",
                               "float16 or bfloat16")
-        odd = [m for m in quantized if (m.bits, m.sym) not in ((4, True), (8, True))
+        odd = [m for m in quantized if (m.bits, m.sym) not in MARLIN_TYPES
                or (m.group_size not in MARLIN_GROUPS and m.group_size != m.in_features)]
         if odd:
             findings.append(Finding("dynamic-not-marlin", "blocker",

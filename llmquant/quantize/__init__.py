@@ -39,7 +39,7 @@ METHODS: dict[str, MethodEntry] = {
         config="llmquant.quantize.rtn.config:RTNVariant",
         formats=("gptq", "awq"),
         needs_calibration=False,
-        summary="round-to-nearest weight-only, GPTQ v1 checkpoint",
+        summary="round-to-nearest weight-only, no calibration; GPTQ v1 or AWQ GEMM checkpoint",
     ),
     "bnb": MethodEntry(
         "llmquant.quantize.bnb.quantizer:BnbQuantizer",
