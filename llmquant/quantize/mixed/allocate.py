@@ -119,12 +119,12 @@ def size_unit(units: list[list[Option]], budget: int, max_columns: int = MAX_COL
     return g * math.ceil(need / g)
 
 
-def allocate(units: list[list[Option]], budget: int) -> list[int]:
+def allocate(units: list[list[Option]], budget: int, max_columns: int = MAX_COLUMNS) -> list[int]:
     """Index of the chosen option per unit minimizing sum(cost) subject to sum(bytes) <= budget.
 
     Multiple-choice knapsack by DP over extra bytes above the all-smallest allocation, in columns
     of `size_unit` bytes; each option's extra bytes are rounded UP to whole columns, so the result
-    is feasible in exact bytes. The rounding can only leave bytes unused; `use_more_bits` then
+    is feasible in exact bytes (`max_columns` bounds the table width). The rounding can only leave bytes unused; `use_more_bits` then
     spends them greedily. Ties: fewer bytes.
     """
     _check(units)
@@ -132,7 +132,7 @@ def allocate(units: list[list[Option]], budget: int) -> list[int]:
     free = [_cheapest(opts) for opts in units]
     if _used(units, free) <= budget:
         return free
-    unit = size_unit(units, budget)
+    unit = size_unit(units, budget, max_columns)
     cols = (budget - floor) // unit
     inf = np.inf
     dp = np.full(cols + 1, inf)  # dp[c]: min cost with exactly c columns of extra bytes
@@ -146,11 +146,11 @@ def allocate(units: list[list[Option]], budget: int) -> list[int]:
             w = -(-(opts[j].bytes - low) // unit)  # ceil
             if w > cols:
                 continue
-            cand = np.full(cols + 1, inf)
-            cand[w:] = dp[:cols + 1 - w] + opts[j].cost
-            better = cand < new
-            new[better] = cand[better]
-            picks[u, better] = j
+            cand = dp[:cols + 1 - w] + opts[j].cost
+            tail = new[w:]
+            better = cand < tail
+            np.copyto(tail, cand, where=better)
+            np.copyto(picks[u, w:], j, where=better)
         dp = new
     best = float(dp.min())
     tol = 1e-12 * max(1.0, abs(best))
