@@ -124,8 +124,8 @@ def allocate(units: list[list[Option]], budget: int, max_columns: int = MAX_COLU
 
     Multiple-choice knapsack by DP over extra bytes above the all-smallest allocation, in columns
     of `size_unit` bytes; each option's extra bytes are rounded UP to whole columns, so the result
-    is feasible in exact bytes (`max_columns` bounds the table width). The rounding can only leave bytes unused; `use_more_bits` then
-    spends them greedily. Ties: fewer bytes.
+    is feasible in exact bytes (`max_columns` bounds the table width). The rounding can only leave
+    bytes unused; `use_more_bits` then spends them greedily. Ties: fewer bytes.
     """
     _check(units)
     floor = _require_feasible(units, budget)
