@@ -193,3 +193,13 @@ def test_indefinite_hessian_raises_not_positive_definite():
         inverse_cholesky_upper(H, 0.01)
     U = inverse_cholesky_upper(torch.eye(2) * 2, 0.5)
     torch.testing.assert_close(U.T @ U, torch.eye(2) / 3)  # (2 + 0.5 * 2)⁻¹
+
+
+def test_inverse_cholesky_upper_factors_the_damped_inverse_in_float64():
+    g = torch.Generator().manual_seed(3)
+    X = torch.randn(400, 96, generator=g)
+    H = X.T @ X / 400
+    U = inverse_cholesky_upper(H, 0.01)
+    assert torch.equal(U, torch.triu(U))
+    Hd = H.double() + 0.01 * torch.diagonal(H).mean().double() * torch.eye(96, dtype=torch.float64)
+    torch.testing.assert_close((U.T @ U).double(), torch.linalg.inv(Hd), rtol=1e-4, atol=1e-5)

@@ -155,7 +155,7 @@ def module_name(model: nn.Module, module: nn.Module) -> str:
 
 class GPTQQuantizer:
     method = "gptq"
-    version = "1"
+    version = "2"  # 2: H⁻¹ by cholesky_solve (float32 rounding differs from cholesky_inverse's)
     # batches kept parked with their activations in the staged loop (None: all; fewer trades
     # compute for memory, with identical results; see sequential.py)
     max_parked: int | None = None
