@@ -139,7 +139,7 @@ class Board:
 
 
 def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: str, method: str,
-               bits: int | None, group_size: int | None, fmt: str, is_baseline: bool, result: "EvalResult",
+               bits: float | None, group_size: int | None, fmt: str, is_baseline: bool, result: "EvalResult",
                baseline_ppl: float | None, artifact: str, artifact_hash: str,
                backend: str | None = None, quantize: dict | None = None) -> dict:
     """A leaderboard row for one evaluated checkpoint (`backend`: the peer tool that quantized it;

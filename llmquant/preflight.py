@@ -66,6 +66,8 @@ def check_shapes(recipe: Recipe, model) -> None:
     from .quantize.targets import allowed_group_sizes
 
     for i, v in enumerate(recipe.variants):
+        if not hasattr(v, "bits"):
+            continue  # chooses bits per layer itself (method mixed): its METHODS check covers the shapes
         shape_problem = FORMATS[checkpoint_format(v)].shape_problem
         targets = shape_targets(model, v)
         if not targets and isinstance(v, WeightOnlyVariant):

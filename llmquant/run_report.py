@@ -26,7 +26,10 @@ def board_rows(run: RunInputs, baseline: EvalResult, outcomes: list[VariantOutco
     rows = [result_row(**common, variant="baseline", method="none", bits=None, group_size=None, fmt="hf",
                        is_baseline=True, result=baseline, artifact=str(base.dir), artifact_hash=base.hash)]
     for o, v in zip(outcomes, recipe.variants):
-        rows.append(result_row(**common, variant=o.name, method=o.method, bits=getattr(v, "bits", None),
+        bits = getattr(v, "bits", None)
+        if bits is None and o.summary.get("allocation"):  # per-layer bits: the average allocated
+            bits = round(o.summary["allocation"]["average_bits"], 2)
+        rows.append(result_row(**common, variant=o.name, method=o.method, bits=bits,
                                group_size=getattr(v, "group_size", None), fmt=o.summary.get("format", "?"),
                                is_baseline=False, result=o.result, artifact=str(o.checkpoint), artifact_hash=o.key,
                                backend=o.summary.get("backend"), quantize=o.step))

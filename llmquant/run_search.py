@@ -60,8 +60,9 @@ def quality_search(run: RunInputs, variant, quantizer, pkey: str, baseline: Eval
         attempts.append(Attempt(b, value))
         run.progress.message(f"{variant.name}: {b:.2f} bits: {key.removeprefix('max_')} {value:.4g} "
                              f"({'meets' if value <= bound else 'misses'} {bound:g})")
-        if predictor is None and o.summary.get("details", {}).get("sensitivity"):
-            predictor = Predictor.load(o.summary["details"]["sensitivity"], variant)
+        path = (o.summary.get("allocation") or {}).get("sensitivity")
+        if predictor is None and path:
+            predictor = Predictor.load(path, variant)
             lo, hi = predictor.reachable()
     keep, met = chosen(attempts, bound)
     o = outcomes[keep.bits]

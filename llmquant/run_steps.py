@@ -172,6 +172,13 @@ def variant_key(run: RunInputs, variant, quantizer) -> str:
     })
 
 
+def variant_index(recipe, name: str) -> int:
+    """The recipe's index of variant `name`, or of the variant whose search attempt it is
+    (`<name>.<bits>b`, run_search.attempt_name)."""
+    names = [v.name for v in recipe.variants]
+    return names.index(name) if name in names else names.index(name.rsplit(".", 2)[0])
+
+
 def quantize_variant(run: RunInputs, variant, quantizer, key: str) -> tuple[dict, bool]:
     """(manifest, quantized_now): the variant's checkpoint, reused when its manifest has `key`."""
     recipe, rd, progress = run.recipe, run.rd, run.progress
@@ -186,9 +193,10 @@ def quantize_variant(run: RunInputs, variant, quantizer, key: str) -> tuple[dict
             model, blocks = load_for_quantizing(variant, run.base.dir, run.device, recipe.model.trust_remote_code)
             ctx = QuantizeContext(device=run.device, progress=progress, tokenizer=run.base.tokenizer,
                                   work_dir=work_dir, model_dir=run.base.dir, blocks=blocks,
+                                  cache_dir=rd.cache, model_key=run.base.hash,
                                   max_shard_bytes=int(recipe.output.shard_size_mb * (1 << 20)),
                                   **activation_settings(recipe))
-            with resource_errors(f"variants[{recipe.variants.index(variant)}] ({variant.name})", ckpt):
+            with resource_errors(f"variants[{variant_index(recipe, variant.name)}] ({variant.name})", ckpt):
                 summary = quantizer.quantize(model, variant, run.calib, tmp, ctx).to_dict()
             del model, blocks
             gc.collect()

@@ -231,6 +231,7 @@ def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, 
     steps.append(eval_step("baseline", fp, recipe, device, dtype, None, fp.total_params, fp.stored_dtype))
     largest: tuple[int, int, str] | None = None
     for v in recipe.variants:
+        v = getattr(v, "sized_as", lambda: v)()  # a variant sized per layer plans as its largest uniform case
         ckpt, _ = checkpoint_bytes(model, v)
         steps.append(quantize_step(fp, ckpt, v, recipe, device, loads_own_model(v)))
         held, unpacked = checkpoint_bytes(model, v, resident=True)

@@ -120,6 +120,7 @@ WORKING_SETS: dict[str, Callable[[Footprint, Calibration | None, QuantizeOptions
     "rtn": rtn_working,
     "gptq": gptq_working,
     "awq": awq_working,
+    "mixed": gptq_working,  # its sensitivity pass holds the same Hessians per block; then it is GPTQ
 }
 
 

@@ -67,6 +67,15 @@ METHODS: dict[str, MethodEntry] = {
         check="llmquant.quantize.awq.quantizer:check_model",
         keeps_work=True,
     ),
+    "mixed": MethodEntry(
+        "llmquant.quantize.mixed.quantizer:MixedQuantizer",
+        config="llmquant.quantize.mixed.config:MixedVariant",
+        formats=("gptq",),
+        needs_calibration=True,
+        summary="GPTQ with bits and group size per layer, allocated from measured sensitivities within a size "
+                "or quality budget; GPTQ v1 checkpoint with `dynamic` per-module rules",
+        check="llmquant.quantize.mixed.units:check_model",
+    ),
 }
 
 

@@ -30,6 +30,8 @@ class QuantizeContext:
     max_shard_bytes: int = 4 << 30  # largest safetensors shard of the written checkpoint
     activation_budget_bytes: int | None = None  # calibration activations kept in memory (None: no bound)
     activation_dtype: torch.dtype | None = None  # dtype they are kept in (None: as computed, exact)
+    cache_dir: Path | None = None  # the run's cache, shared by its variants (results reusable across them)
+    model_key: str | None = None  # content hash of the base model (part of such results' keys)
 
 
 @dataclass(frozen=True)

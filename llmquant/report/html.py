@@ -60,7 +60,7 @@ def columns(group: Group) -> list[Column]:
     cols += [
         Column("method", "method", lambda r: method_label(r) if r.get("method") else "–",
                lambda r: method_label(r) if r.get("method") else "", is_text=True),
-        Column("bits", "bits", lambda r: _num(r.get("bits"), "d"), lambda r: r.get("bits")),
+        Column("bits", "bits", lambda r: _num(r.get("bits"), "g"), lambda r: r.get("bits")),
         Column("group", "group", lambda r: _num(r.get("group_size"), "d"), lambda r: r.get("group_size")),
         Column("size", "size MB", lambda r: _num(r["size_bytes"] / 1e6 if r.get("size_bytes") else None, ".1f"),
                lambda r: r.get("size_bytes")),

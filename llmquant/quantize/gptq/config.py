@@ -1,4 +1,5 @@
-"""GPTQ's variant config (the recipe's `method: gptq`)."""
+"""GPTQ's variant config (the recipe's `method: gptq`), and the solver options it shares with the
+methods that run GPTQ underneath (`method: mixed`)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ from typing import Literal
 from pydantic import Field
 
 from ...peers import METHOD_BACKENDS
+from ...schema import Strict
 from ..config import PeerBackedVariant, backend_field
 
 
-class GPTQVariant(PeerBackedVariant):
-    """GPTQ: each Linear solved layer by layer from calibration Hessians, with error feedback."""
+class GPTQSolverOptions(Strict):
+    """How the GPTQ solve runs (gptq_math.gptq_quantize's options), for any variant solved by GPTQ."""
 
-    method: Literal["gptq"]
     desc_act: bool = Field(False, description="act-order: quantize columns by decreasing Hessian diagonal")
     static_groups: bool = Field(False, description="choose every group's grid before any update")
     act_group_aware: bool = Field(True, description="group-aware reordering: solve groups by importance, "
@@ -21,4 +22,13 @@ class GPTQVariant(PeerBackedVariant):
     damp_percent: float = Field(0.01, gt=0, le=1, description="damping, as a fraction of the mean Hessian diagonal")
     true_sequential: bool = Field(True, description="later linears of a block calibrate on the quantized earlier ones")
     block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
+
+
+SOLVER_FIELDS = tuple(GPTQSolverOptions.model_fields)
+
+
+class GPTQVariant(PeerBackedVariant, GPTQSolverOptions):
+    """GPTQ: each Linear solved layer by layer from calibration Hessians, with error feedback."""
+
+    method: Literal["gptq"]
     backend: Literal[METHOD_BACKENDS["gptq"]] = backend_field()  # type: ignore[valid-type]
