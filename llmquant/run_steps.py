@@ -216,7 +216,12 @@ def quantize_variant(run: RunInputs, variant, quantizer, key: str) -> tuple[dict
 
 
 def variant_step(run: RunInputs, variant, quantizer, pkey: str, baseline: EvalResult) -> VariantOutcome:
-    """Quantize a variant (or reuse its checkpoint), then evaluate it (or reuse its result)."""
+    """Quantize a variant (or reuse its checkpoint), then evaluate it (or reuse its result); a variant
+    with a quality bound runs a search of such steps (run_search.py)."""
+    if getattr(variant, "quality_bound", None):
+        from .run_search import quality_search
+
+        return quality_search(run, variant, quantizer, pkey, baseline, variant_step)
     key = variant_key(run, variant, quantizer)
     manifest, quantized_now = quantize_variant(run, variant, quantizer, key)
     ckpt = run.rd.checkpoint(variant.name)

@@ -1,0 +1,1 @@
+"""Mixed precision: per-layer bit widths chosen under a budget."""
