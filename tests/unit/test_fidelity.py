@@ -256,3 +256,99 @@ def test_kl_is_finite_when_the_variant_puts_no_mass_on_the_rest():
     q.scatter_(-1, ref.ids.long(), 0.0)  # all of q's mass on the reference's tokens
     kl = bucket_kl(ref, q)
     assert torch.isfinite(kl).all() and (kl > 1.0).all() and not math.isnan(float(kl.sum()))
+
+
+# -- the leaderboard ---------------------------------------------------------------------------
+
+FIDELITY = {"kld_mean": 0.0123, "kld_p99": 0.2, "top1": 0.9375, "positions": 128, "top_k": 64,
+            "rest_mass_mean": 0.1}
+
+
+def eval_result(ppl, fidelity=None):
+    from llmquant.eval.results import EvalResult, Protocol
+
+    p = Protocol(name="gptq-paper", corpus="c", corpus_sha256="a", tokens_sha256="b", seqlen=33, windows=4,
+                 tokens_scored=128, dtype="float32", device="cpu", latency="none")
+    return EvalResult(ppl=ppl, nll_sum=1.0, protocol=p, size_bytes=1000, weights_bytes=1000, peak_rss_bytes=None,
+                      isolated=False, latency=None, fidelity=fidelity)
+
+
+def board_row(variant, ppl, fidelity=None, baseline=False):
+    from llmquant.board import result_row
+
+    return result_row(run="r", run_dir="/r", model="m", model_hash="h", variant=variant, method="rtn", bits=4,
+                      group_size=32, fmt="gptq-v1", is_baseline=baseline, result=eval_result(ppl, fidelity),
+                      baseline_ppl=10.0, artifact="a", artifact_hash="x")
+
+
+def old_board(path):
+    """A leaderboard made before the fidelity columns (schema up to the quantize step's columns)."""
+    import sqlite3
+
+    from llmquant.board import NAMES
+
+    old = NAMES[:NAMES.index("kld_mean")]
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE results (id INTEGER PRIMARY KEY AUTOINCREMENT, " + ", ".join(old)
+                + ", UNIQUE(run_dir, variant, protocol_key))")
+    con.execute("INSERT INTO results (run, run_dir, model, variant, method, is_baseline, ppl, protocol_key) "
+                "VALUES ('old', '/old', 'm', 'w4', 'rtn', 0, 11.0, 'p-old')")
+    con.commit()
+    con.close()
+
+
+def test_an_old_board_gains_the_fidelity_columns(tmp_path):
+    import sqlite3
+
+    from llmquant.board import Board
+
+    path = tmp_path / "old.sqlite"
+    old_board(path)
+    b = Board(path)
+    cols = {r[1] for r in sqlite3.connect(path).execute("PRAGMA table_info(results)")}
+    assert {"kld_mean", "kld_p99", "top1"} <= cols
+    old = b.rows(run="old")
+    assert len(old) == 1 and old[0].ppl == 11.0 and old[0].kld_mean is None and old[0].top1 is None
+    b.record([board_row("baseline", 10.0, baseline=True), board_row("w4", 10.5, FIDELITY)])
+    new = {r.variant: r for r in Board(path).rows(run="r")}  # reopened: no second migration
+    assert new["w4"].kld_mean == 0.0123 and new["w4"].kld_p99 == 0.2 and new["w4"].top1 == 0.9375
+    assert new["baseline"].kld_mean is None
+
+
+def test_board_formats_show_the_fidelity_columns(tmp_path):
+    import csv
+    import io
+    import json
+
+    from typer.testing import CliRunner
+
+    from llmquant.board import Board
+    from llmquant.cli import app
+
+    path = tmp_path / "b.sqlite"
+    Board(path).record([board_row("baseline", 10.0, baseline=True), board_row("w4", 10.5, FIDELITY)])
+
+    def board(*args):
+        res = CliRunner().invoke(app, ["board", "--board", str(path), *args], catch_exceptions=False)
+        assert res.exit_code == 0, res.output
+        return res.output
+
+    md = board("--format", "md")
+    assert "| KLD | KLD p99 | top-1 % |" in md
+    assert "| 0.0123 | 0.2000 | 93.75 |" in md and "| - | - | - |" in md  # the baseline: not measured
+    csv_rows = {r["variant"]: r for r in csv.DictReader(io.StringIO(board("--format", "csv")))}
+    w4 = csv_rows["w4"]
+    assert (w4["kld_mean"], w4["kld_p99"], w4["top1"]) == ("0.0123", "0.2", "0.9375")
+    js = {r["variant"]: r for r in json.loads(board("--format", "json"))}
+    assert js["w4"]["kld_mean"] == 0.0123 and js["w4"]["top1"] == 0.9375 and js["baseline"]["kld_p99"] is None
+    table = board("--format", "table")
+    assert "KLD" in table and "93.75" in table
+
+
+def test_tables_without_fidelity_hide_its_columns(tmp_path):
+    from llmquant.board import Board, render_markdown
+
+    path = tmp_path / "b.sqlite"
+    Board(path).record([board_row("baseline", 10.0, baseline=True), board_row("w4", 10.5)])
+    md = render_markdown(Board(path).rows())
+    assert "KLD" not in md and "top-1" not in md and "| w4 |" in md
