@@ -40,6 +40,8 @@ COLUMNS = [
     ("backend", "TEXT"),
     # the quantize step of the variant (its manifest): wall seconds, peak resident / device memory
     ("quantize_seconds", "REAL"), ("quantize_peak_rss_bytes", "INTEGER"), ("quantize_peak_device_bytes", "INTEGER"),
+    # fidelity to the baseline (eval/fidelity.py): mean and p99 KL divergence, top-1 agreement (a fraction)
+    ("kld_mean", "REAL"), ("kld_p99", "REAL"), ("top1", "REAL"),
 ]
 NAMES = [c for c, _ in COLUMNS]
 SCHEMA = (
@@ -146,7 +148,7 @@ def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: 
     `quantize`: the quantize step's measurements from the variant's manifest)."""
     from . import __version__
 
-    lat = result.latency
+    lat, fid = result.latency, result.fidelity or {}
     return {
         "run": run, "run_dir": run_dir, "model": model, "model_hash": model_hash, "variant": variant,
         "method": method, "bits": bits, "group_size": group_size, "format": fmt, "is_baseline": int(is_baseline),
@@ -160,6 +162,7 @@ def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: 
         "backend": backend,
         **{k: (quantize or {}).get(k) for k in ("quantize_seconds", "quantize_peak_rss_bytes",
                                                  "quantize_peak_device_bytes")},
+        "kld_mean": fid.get("kld_mean"), "kld_p99": fid.get("kld_p99"), "top1": fid.get("top1"),
     }
 
 
@@ -167,10 +170,13 @@ def result_row(*, run: str, run_dir: str, model: str, model_hash: str, variant: 
 
 DISPLAY = [
     ("variant", "variant"), ("method", "method"), ("bits", "bits"), ("group_size", "group"),
-    ("size_mb", "size MB"), ("ppl", "ppl"), ("delta_ppl_pct", "Δppl %"), ("ttft_ms_median", "TTFT ms"),
+    ("size_mb", "size MB"), ("ppl", "ppl"), ("delta_ppl_pct", "Δppl %"), ("kld_mean", "KLD"),
+    ("kld_p99", "KLD p99"), ("top1_pct", "top-1 %"), ("ttft_ms_median", "TTFT ms"),
     ("ttft_ms_p90", "TTFT p90"), ("decode_tok_s", "decode tok/s"), ("peak_rss_mb", "peak RSS MB"),
     ("quantize_seconds", "quantize s"), ("quantize_rss_mb", "quantize RSS MB"),
 ]
+FIDELITY_KEYS = ("kld_mean", "kld_p99", "top1_pct")
+"""DISPLAY columns shown only in tables where some row has fidelity (gptq-paper protocol)."""
 
 
 METRIC_DISPLAY = [
@@ -208,6 +214,10 @@ def _fmt(key: str, r: dict) -> str:
         return f"{r['size_bytes'] / 1e6:.1f}" if r.get("size_bytes") is not None else "-"
     if key == "peak_rss_mb":
         return f"{r['peak_rss_bytes'] / 1e6:.0f}" if r.get("peak_rss_bytes") else "-"
+    if key in ("kld_mean", "kld_p99"):
+        return "-" if r.get(key) is None else f"{r[key]:.4f}"
+    if key == "top1_pct":
+        return "-" if r.get("top1") is None else f"{r['top1'] * 100:.2f}"
     if key == "quantize_rss_mb":
         return f"{r['quantize_peak_rss_bytes'] / 1e6:.0f}" if r.get("quantize_peak_rss_bytes") else "-"
     v = r.get(key)
@@ -247,8 +257,9 @@ def table_cells(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         name = next(r["metric_name"] for r in rows if r.get("metric_name"))
         headers = [f"{name} %" if k == "metric" else h for k, h in METRIC_DISPLAY]
         return headers, [[_fmt(k, r) for k, _ in METRIC_DISPLAY] for r in rows]
-    headers = [h for _, h in DISPLAY]
-    return headers, [[_fmt(k, r) for k, _ in DISPLAY] for r in rows]
+    fidelity = any(r.get("kld_mean") is not None for r in rows)
+    cols = [(k, h) for k, h in DISPLAY if fidelity or k not in FIDELITY_KEYS]
+    return [h for _, h in cols], [[_fmt(k, r) for k, _ in cols] for r in rows]
 
 
 def protocol_name(row: dict) -> str:

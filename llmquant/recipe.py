@@ -76,6 +76,8 @@ class LatencySpec(Strict):
 
 ProtocolName = Literal["gptq-paper", "lm-eval-word", "llama-cpp"]
 """Perplexity protocols (llmquant/eval/protocols.py); results of different ones are never ranked together."""
+FIDELITY_PROTOCOLS = ("gptq-paper",)
+"""The protocols that measure KL divergence and top-1 agreement (PROTOCOLS entries with `fidelity`)."""
 LLAMA_CPP_DEFAULT_CTX = 512
 
 
@@ -121,6 +123,16 @@ class SelectSpec(Strict):
     max_ttft_ratio: float | None = Field(
         None, gt=0, description="speed guard: a variant qualifies only if its first-token latency is at most this "
                                 "times the baseline's (1.0: not slower); needs eval.latency"
+    )
+    max_kld: float | None = Field(
+        None, ge=0, description="fidelity guard: a variant qualifies only if its mean KL divergence from the "
+                                "baseline (nats per token, the top-64 bucketed lower bound) is at most this; "
+                                "needs eval.protocol gptq-paper"
+    )
+    min_top1: float | None = Field(
+        None, ge=0, le=1, description="fidelity guard: a variant qualifies only if its most likely next token is "
+                                      "the baseline's on at least this fraction of positions (0..1); needs "
+                                      "eval.protocol gptq-paper"
     )
 
 
@@ -222,6 +234,11 @@ class Recipe(Strict, RecipePaths):
         if guards and not self.eval.latency.enabled:
             raise ValueError(f"select.{guards[0]}: a speed guard needs latency measurements; "
                              "set eval.latency.enabled: true or remove the guard")
+        bounds = [g for g in ("max_kld", "min_top1") if getattr(self.select, g) is not None]
+        if bounds and self.eval.protocol not in FIDELITY_PROTOCOLS:
+            raise ValueError(f"select.{bounds[0]}: KL divergence and top-1 agreement are measured only under "
+                             f"eval.protocol {' / '.join(FIDELITY_PROTOCOLS)} (this recipe: {self.eval.protocol}); "
+                             "remove the bound or change the protocol")
         return self
 
 

@@ -53,7 +53,9 @@ class RunInputs:
     progress: Progress
     fresh: bool
 
-    def job_for(self, checkpoint: Path) -> EvalJob:
+    def job_for(self, checkpoint: Path, reference: Path | None = None, write_reference: bool = False) -> EvalJob:
+        """The EvalJob of a checkpoint; `reference`: the baseline's fidelity reference, written by this
+        job (`write_reference`: the baseline's) or read by it (a variant's)."""
         ev, model = self.recipe.eval, self.recipe.model
         return EvalJob(
             checkpoint=str(checkpoint), tokens_path=str(self.eval.tokens_path), corpus=self.eval.corpus.label,
@@ -62,6 +64,8 @@ class RunInputs:
             check_windows=ev.check_windows, check_tolerance_pct=ev.check_tolerance_pct,
             latency=latency_job(self.recipe),
             trust_remote_code=model.trust_remote_code, protocol=ev.protocol, compile_kernels=ev.compile,
+            fidelity_reference=str(reference) if reference else None,
+            write_reference=bool(reference) and write_reference,
         )
 
 

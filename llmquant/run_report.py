@@ -37,9 +37,9 @@ def board_rows(run: RunInputs, baseline: EvalResult, outcomes: list[VariantOutco
 
 
 def candidate(name: str, result: EvalResult) -> Candidate:
-    lat = result.latency
+    lat, fid = result.latency, result.fidelity or {}
     return Candidate(name, result.size_bytes, result.ppl, lat.ttft_ms_median if lat else None,
-                     lat.decode_tok_s if lat else None)
+                     lat.decode_tok_s if lat else None, fid.get("kld_mean"), fid.get("top1"))
 
 
 def write_reports(summary: "RunSummary", recipe: Recipe) -> None:

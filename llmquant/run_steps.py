@@ -8,7 +8,7 @@ import logging
 import math
 import shutil
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
@@ -16,6 +16,8 @@ from . import __version__
 from .board import Board
 from .errors import UserError
 from .eval.evaluate import EvalJob, evaluate_checkpoint, evaluate_isolated
+from .eval.protocols import get_protocol
+from .eval.reference import reference_name
 from .eval.results import EvalResult
 from .loading.models import load_error, load_hf_model
 from .progress import Progress
@@ -24,7 +26,7 @@ from .quantize.base import QuantizeContext
 from .quantize.measure import measure_step
 from .recipe import Recipe
 from .run_inputs import RunInputs
-from .runs import RunDir, content_hash
+from .runs import RunDir, content_hash, file_fingerprint
 from .steps import cached_dir, cached_result
 from .winner import delta_pct
 
@@ -65,21 +67,32 @@ def report_check(label: str, result: EvalResult, progress: Progress) -> None:
                          f"{c['tolerance_pct']} %: both are recorded in results.json")
 
 
+def reference_path(run: RunInputs, pkey: str) -> Path | None:
+    """The baseline's fidelity reference in the run's cache (once per model and protocol), or None
+    when the protocol does not measure fidelity."""
+    if not get_protocol(run.recipe.eval.protocol).fidelity:
+        return None
+    return run.rd.cache / reference_name(pkey, run.base.hash)
+
+
 def baseline_step(run: RunInputs, board: Board, pkey: str) -> tuple[EvalResult, bool]:
     """(baseline result, reused): cached by (model, protocol) in the run directory, else taken from
-    the leaderboard (a baseline another run measured on the same protocol), else evaluated."""
-    job = run.job_for(run.base.dir)
-    key = content_hash({"job": asdict(job) | {"checkpoint": run.base.hash}, "protocol": pkey})
+    the leaderboard (a baseline another run measured on the same protocol), else evaluated. The
+    evaluation also writes the fidelity reference; while that file is missing, nothing is reused."""
+    ref = reference_path(run, pkey)
+    job = run.job_for(run.base.dir, ref, write_reference=True)
+    key = content_hash({"job": job.key_fields() | {"checkpoint": run.base.hash}, "protocol": pkey})
+    redo = run.fresh or (ref is not None and not ref.is_file())
     evaluated: list[bool] = []
 
     def compute() -> EvalResult:
-        stored = None if run.fresh else board.find_baseline(run.base.hash, pkey)
+        stored = None if redo else board.find_baseline(run.base.hash, pkey)
         if stored:
             return EvalResult.from_dict(stored)
         evaluated.append(True)
         return evaluate(job, run.recipe, run.rd, "baseline", run.progress)
 
-    baseline, _ = cached_result(run.rd.baseline_result(), key, compute, fresh=run.fresh, encode=EvalResult.to_dict,
+    baseline, _ = cached_result(run.rd.baseline_result(), key, compute, fresh=redo, encode=EvalResult.to_dict,
                                 decode=EvalResult.from_dict)
     reused = not evaluated
     run.progress.message(f"baseline perplexity {baseline.ppl:.3f}" + (" (reused)" if reused else ""))
@@ -220,8 +233,12 @@ def variant_step(run: RunInputs, variant, quantizer, pkey: str, baseline: EvalRe
     key = variant_key(run, variant, quantizer)
     manifest, quantized_now = quantize_variant(run, variant, quantizer, key)
     ckpt = run.rd.checkpoint(variant.name)
-    job = run.job_for(ckpt)
-    vkey = content_hash({"artifact": key, "protocol": pkey, "job": asdict(job)})
+    ref = reference_path(run, pkey)
+    job = run.job_for(ckpt, ref)
+    # the reference's content is part of the key: a re-measured baseline re-measures fidelity
+    # (only the evaluation: the checkpoint is reused)
+    vkey = content_hash({"artifact": key, "protocol": pkey, "job": job.key_fields()}
+                        | ({"reference": file_fingerprint(ref)} if ref is not None else {}))
     result, evaluated_now = cached_result(
         run.rd.result(variant.name), vkey, lambda: evaluate(job, run.recipe, run.rd, variant.name, run.progress),
         fresh=run.fresh or quantized_now, encode=EvalResult.to_dict, decode=EvalResult.from_dict)

@@ -14,6 +14,8 @@ class Candidate:
     ppl: float
     ttft_ms: float | None = None
     decode_tok_s: float | None = None
+    kld: float | None = None  # mean KL divergence from the baseline (EvalResult.fidelity)
+    top1: float | None = None  # top-1 agreement with the baseline, a fraction
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,27 @@ def guard_failure(c: Candidate, baseline: Candidate, spec: SelectSpec) -> str | 
             return f"{c.name}: no first-token latency for select.max_ttft_ratio"
         if ttft > spec.max_ttft_ratio:
             return f"{c.name}: first token {ttft:.2f}x baseline > select.max_ttft_ratio {spec.max_ttft_ratio:g}"
+    return fidelity_failure(c, spec)
+
+
+def fidelity_failure(c: Candidate, spec: SelectSpec) -> str | None:
+    """Why `c` fails the recipe's fidelity bounds (select.max_kld, select.min_top1), or None."""
+    if spec.max_kld is not None:
+        if c.kld is None:
+            return f"{c.name}: no KL divergence measured for select.max_kld"
+        if c.kld > spec.max_kld:
+            return f"{c.name}: KLD {c.kld:.4g} > select.max_kld {spec.max_kld:g}"
+    if spec.min_top1 is not None:
+        if c.top1 is None:
+            return f"{c.name}: no top-1 agreement measured for select.min_top1"
+        if c.top1 < spec.min_top1:
+            return f"{c.name}: top-1 agreement {c.top1:.4f} < select.min_top1 {spec.min_top1:g}"
     return None
+
+
+def guard_words(spec: SelectSpec) -> str:
+    """What the guards are called in reasons: speed guards, and the fidelity bounds when set."""
+    return "speed and fidelity guards" if spec.max_kld is not None or spec.min_top1 is not None else "speed guards"
 
 
 SAME_SPEED = 0.01
@@ -89,8 +111,8 @@ def _pick(baseline: Candidate, candidates: list[Candidate], spec: SelectSpec) ->
     failures = [f for f in (guard_failure(c, baseline, spec) for c in candidates) if f]
     guarded = [c for c in candidates if guard_failure(c, baseline, spec) is None]
     if not guarded:
-        return Decision(None, "no variant passes the speed guards (" + "; ".join(failures) + "): keep the baseline")
-    excluded = f"; excluded by speed guards: {'; '.join(failures)}" if failures else ""
+        return Decision(None, f"no variant passes the {guard_words(spec)} (" + "; ".join(failures) + "): keep the baseline")
+    excluded = f"; excluded by {guard_words(spec)}: {'; '.join(failures)}" if failures else ""
     limit, base_ppl = spec.max_ppl_increase_pct, baseline.ppl
     if spec.policy == "best_ppl":
         best = min(guarded, key=lambda c: (c.ppl, c.size_bytes))

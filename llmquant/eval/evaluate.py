@@ -51,9 +51,22 @@ class EvalJob:
     trust_remote_code: bool = False
     protocol: str = "gptq-paper"  # a name in eval/protocols.py PROTOCOLS
     compile_kernels: bool = False  # fuse packed layers' dequantization (bit-identical; see formats/kernels.py)
+    # the baseline's fidelity reference (eval/reference.py): written by the baseline's evaluation
+    # (write_reference), read by a variant's to measure KL divergence and top-1 agreement
+    fidelity_reference: str | None = None
+    write_reference: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
+
+    def key_fields(self) -> dict:
+        """The job's fields for cache keys; the fidelity fields only when set, so jobs without them
+        (other protocols, older runs) keep their keys."""
+        d = asdict(self)
+        for k in ("fidelity_reference", "write_reference"):
+            if not d[k]:
+                d.pop(k)
+        return d
 
 
 def tokens_sha256(ids: torch.Tensor) -> str:
@@ -87,6 +100,18 @@ def protocol_for(job: EvalJob, tokens: torch.Tensor | Tensors, device: str) -> P
                     tokens_sha256=tensors_sha256(t), seqlen=job.seqlen, windows=plan.windows,
                     tokens_scored=plan.tokens_scored, dtype=job.dtype, device=device,
                     latency=latency_setup(job.latency), documents=plan.documents, words=plan.words)
+
+
+def fidelity_observer(job: EvalJob, protocol: Protocol):
+    """The observer of the scored logits: the baseline's reference writer, a variant's fidelity
+    comparer, or None (no reference, or a protocol without fidelity)."""
+    from .reference import FidelityObserver, ReferenceWriter
+
+    if not job.fidelity_reference or not get_protocol(job.protocol).fidelity:
+        return None
+    if job.write_reference:
+        return ReferenceWriter(job.seqlen)
+    return FidelityObserver(Path(job.fidelity_reference), job.seqlen, protocol.tokens_scored)
 
 
 def peak_rss_bytes() -> int:
@@ -164,8 +189,15 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
         check_result = {"windows": check, "ppl_float32": ref.ppl, f"ppl_{job.dtype}": fast.ppl, "diff_pct": diff,
                         "tolerance_pct": job.check_tolerance_pct, "within": abs(diff) <= job.check_tolerance_pct}
     t1 = time.perf_counter()
-    ppl = score(job.protocol, model, tensors, job.seqlen, job.max_windows, job.batch_size, device, progress)
+    observer = fidelity_observer(job, protocol)
+    ppl = score(job.protocol, model, tensors, job.seqlen, job.max_windows, job.batch_size, device, progress,
+                observe=observer)
     t_ppl = time.perf_counter() - t1
+    fidelity = None
+    if observer is not None and job.write_reference:
+        observer.save(Path(job.fidelity_reference))
+    elif observer is not None:
+        fidelity = observer.result()
     lat = None
     weights_bytes = resident_bytes(model) + extra_resident_bytes(model, info)
     if job.latency is not None:
@@ -191,7 +223,7 @@ def evaluate_checkpoint(job: EvalJob, progress: Progress = NULL_PROGRESS, isolat
         env={"llmquant": __version__, "torch": torch.__version__, "threads": torch.get_num_threads(),
              "machine": platform.machine(), **environment(threads=False), "format": info.format,
              "compute": compute_note(info, job.dtype, device)},
-        check=check_result,
+        check=check_result, fidelity=fidelity,
     )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ from torch import Tensor, nn
 from ..progress import NULL_PROGRESS, Progress
 
 PROTOCOL_NAME = "gptq-paper"
+Observer = Callable[[int, int, Tensor], None]
+"""observe(window, start, logits [T, V] float32): the logits predicting tokens start+1 .. start+T of
+a window (eval/reference.py: the baseline's reference, a variant's fidelity)."""
 SPECIAL_LOGIT_ATTRS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
 
 
@@ -45,12 +49,16 @@ def _plain_head(model: nn.Module) -> bool:
         and model.get_output_embeddings() is not None
 
 
-def chunked_nll(hidden: Tensor, targets: Tensor, head: nn.Module, chunk: int = 256) -> float:
-    """Sum of -log p(target) with logits = head(hidden), `chunk` positions at a time (fp32 softmax)."""
+def chunked_nll(hidden: Tensor, targets: Tensor, head: nn.Module, chunk: int = 256,
+                observe: Callable[[int, Tensor], None] | None = None) -> float:
+    """Sum of -log p(target) with logits = head(hidden), `chunk` positions at a time (fp32 softmax);
+    observe(start, logits [T, V]) sees each chunk of a one-row `hidden`."""
     total = 0.0
     length = hidden.shape[1]
     for s in range(0, length, chunk):
         logits = head(hidden[:, s:s + chunk]).float()
+        if observe is not None:
+            observe(s, logits[0])
         total += float(F.cross_entropy(logits.reshape(-1, logits.shape[-1]),
                                        targets[:, s:s + chunk].reshape(-1), reduction="sum"))
     return total
@@ -71,20 +79,28 @@ def nll_at(model: nn.Module, x: Tensor, start: int, targets: Tensor) -> float:
 
 
 @torch.inference_mode()
-def window_nll(model: nn.Module, x: Tensor) -> list[float]:
+def window_nll(model: nn.Module, x: Tensor, observe: Observer | None = None) -> list[float]:
     """NLL sum of tokens 1.. of each row of x [B, L], each row scored from its own start (one
-    batched forward; the loss is summed per row)."""
+    batched forward; the loss is summed per row). observe(row, start, logits) sees every scored logit."""
+    def row_observer(i: int):
+        return None if observe is None else (lambda s, logits: observe(i, s, logits))
+
     if _plain_head(model):
         hidden = model.base_model(input_ids=x, use_cache=False).last_hidden_state
         head = model.get_output_embeddings()
-        return [chunked_nll(hidden[i:i + 1, :-1], x[i:i + 1, 1:], head) for i in range(x.shape[0])]
+        return [chunked_nll(hidden[i:i + 1, :-1], x[i:i + 1, 1:], head, observe=row_observer(i))
+                for i in range(x.shape[0])]
     logits = model(input_ids=x, use_cache=False).logits[:, :-1].float()
+    if observe is not None:
+        for i in range(x.shape[0]):
+            observe(i, 0, logits[i])
     return [float(F.cross_entropy(logits[i], x[i, 1:], reduction="sum")) for i in range(x.shape[0])]
 
 
 def perplexity(model: nn.Module, ids: Tensor, seqlen: int, max_windows: int | None = None,
                batch_size: int = 1, device: str | torch.device = "cpu",
-               progress: Progress = NULL_PROGRESS) -> PerplexityResult:
+               progress: Progress = NULL_PROGRESS, observe: Observer | None = None) -> PerplexityResult:
+    """observe(window, start, logits): every scored position's logits, windows in order."""
     n = window_count(ids.shape[-1], seqlen, max_windows)
     if n == 0:
         raise ValueError(f"{ids.shape[-1]} tokens hold no window of {seqlen}")
@@ -93,7 +109,8 @@ def perplexity(model: nn.Module, ids: Tensor, seqlen: int, max_windows: int | No
     with progress.task("perplexity", total=n) as advance:
         for b in range(0, n, batch_size):
             x = windows[b:b + batch_size].to(device)
-            nll.extend(window_nll(model, x))
+            nll.extend(window_nll(model, x, None if observe is None else
+                                  (lambda i, s, logits, b=b: observe(b + i, s, logits))))
             advance(x.shape[0], note=f"ppl so far {math.exp(sum(nll) / (len(nll) * (seqlen - 1))):.3f}")
     total = sum(nll)
     scored = n * (seqlen - 1)

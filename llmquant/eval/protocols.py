@@ -43,6 +43,7 @@ class ProtocolEntry:
     prepare: Callable[[Any, str, Tensor], Tensors]
     plan: Callable[[Tensors, int, int | None], Plan]
     score: Callable[..., PerplexityResult]
+    fidelity: bool = False  # every position of whole windows scored: KL and top-1 vs the baseline (fidelity.py)
 
 
 # -- gptq-paper --------------------------------------------------------------------------------
@@ -59,8 +60,8 @@ def _paper_plan(t: Tensors, seqlen: int, max_windows: int | None) -> Plan:
 
 
 def _paper_score(model: nn.Module, t: Tensors, seqlen: int, max_windows: int | None, batch_size: int,
-                 device, progress: Progress) -> PerplexityResult:
-    return perplexity.perplexity(model, t["input_ids"], seqlen, max_windows, batch_size, device, progress)
+                 device, progress: Progress, observe: perplexity.Observer | None = None) -> PerplexityResult:
+    return perplexity.perplexity(model, t["input_ids"], seqlen, max_windows, batch_size, device, progress, observe)
 
 
 # -- llama-cpp ---------------------------------------------------------------------------------
@@ -127,7 +128,7 @@ def _lmeval_score(model: nn.Module, t: Tensors, seqlen: int, max_windows: int | 
 PROTOCOLS: dict[str, ProtocolEntry] = {
     perplexity.PROTOCOL_NAME: ProtocolEntry(
         perplexity.PROTOCOL_NAME, "GPTQ/AWQ papers: non-overlapping windows, token perplexity", 2048,
-        _paper_prepare, _paper_plan, _paper_score),
+        _paper_prepare, _paper_plan, _paper_score, fidelity=True),
     lmeval.PROTOCOL_NAME: ProtocolEntry(
         lmeval.PROTOCOL_NAME, "lm-evaluation-harness wikitext: document rolling windows, word perplexity", 2048,
         _lmeval_prepare, _lmeval_plan, _lmeval_score),
@@ -176,5 +177,11 @@ def eval_tensors(name: str, tokenizer, text: str, stream: Tensor) -> Tensors:
 
 def score(name: str, model: nn.Module, t: Tensors, seqlen: int, max_windows: int | None = None,
           batch_size: int = 1, device: str | torch.device = "cpu",
-          progress: Progress = NULL_PROGRESS) -> PerplexityResult:
-    return get_protocol(name).score(model, t, seqlen, max_windows, batch_size, device, progress)
+          progress: Progress = NULL_PROGRESS, observe: perplexity.Observer | None = None) -> PerplexityResult:
+    """Perplexity under protocol `name`; `observe` sees the scored logits (protocols with `fidelity` only)."""
+    entry = get_protocol(name)
+    if observe is None:
+        return entry.score(model, t, seqlen, max_windows, batch_size, device, progress)
+    if not entry.fidelity:
+        raise ValueError(f"protocol {name} does not measure fidelity (KL divergence, top-1)")
+    return entry.score(model, t, seqlen, max_windows, batch_size, device, progress, observe=observe)

@@ -59,6 +59,9 @@ class EvalResult:
     seconds: dict[str, float] = field(default_factory=dict)
     env: dict[str, Any] = field(default_factory=dict)
     check: dict | None = None  # 16-bit vs float32 on the first windows (see EvalJob.check_windows)
+    # KL divergence from the baseline and top-1 agreement (eval/fidelity.py): kld_mean, kld_p99, top1,
+    # positions, top_k, rest_mass_mean; None for the baseline and for protocols without fidelity
+    fidelity: dict | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -69,6 +69,15 @@ def columns(group: Group) -> list[Column]:
         Column("ppl", "word ppl" if group.word_ppl else "ppl", lambda r: _num(r.get("ppl"), ".3f"), lambda r: r.get("ppl")),
         Column("dppl", "Δppl %", _delta_text("delta_ppl_pct"), lambda r: r.get("delta_ppl_pct"),
                tone=_delta_tone("delta_ppl_pct")),
+    ]
+    if any(r.get("kld_mean") is not None for r in group.rows):  # the gptq-paper protocol: fidelity measured
+        cols += [
+            Column("kld", "KLD", lambda r: _num(r.get("kld_mean"), ".4f"), lambda r: r.get("kld_mean")),
+            Column("kld_p99", "KLD p99", lambda r: _num(r.get("kld_p99"), ".4f"), lambda r: r.get("kld_p99")),
+            Column("top1", "top-1 %", lambda r: _num(r["top1"] * 100 if r.get("top1") is not None else None, ".2f"),
+                   lambda r: r.get("top1")),
+        ]
+    cols += [
         Column("ttft", "TTFT ms", lambda r: _num(r.get("ttft_ms_median"), ".1f"), lambda r: r.get("ttft_ms_median")),
         Column("dttft", "ΔTTFT %", _delta_text("ttft_delta_pct"), lambda r: r.get("ttft_delta_pct"),
                tone=_delta_tone("ttft_delta_pct")),

@@ -88,3 +88,26 @@ def test_bad_override_regex(tmp_path):
 def test_parse_recipe_without_file():
     r = parse_recipe(BASE)
     assert r.variants[0].bits == 4 and r.path is None
+
+
+@pytest.mark.parametrize("select,want", [
+    ({"max_kld": -1}, "select.max_kld: got -1; input should be greater than or equal to 0"),
+    ({"min_top1": 1.5}, "select.min_top1: got 1.5; input should be less than or equal to 1"),
+    ({"max_kld": "low"}, "select.max_kld: got 'low'"),
+])
+def test_fidelity_bounds_bad_values(tmp_path, select, want):
+    assert want in bad({**BASE, "select": select}, tmp_path)
+
+
+@pytest.mark.parametrize("protocol", ["lm-eval-word", "llama-cpp"])
+def test_fidelity_bounds_need_a_fidelity_protocol(tmp_path, protocol):
+    doc = {**BASE, "eval": {**BASE["eval"], "protocol": protocol}, "select": {"min_top1": 0.9}}
+    msg = bad(doc, tmp_path)
+    assert "select.min_top1:" in msg and "only under eval.protocol gptq-paper" in msg and f"(this recipe: {protocol})" in msg
+
+
+def test_fidelity_bounds_load_under_gptq_paper(tmp_path):
+    p = tmp_path / "r.yaml"
+    p.write_text(yaml.safe_dump({**BASE, "select": {"max_kld": 0.05, "min_top1": 0.9}}))
+    r = load_recipe(p)
+    assert r.eval.protocol == "gptq-paper" and r.select.max_kld == 0.05 and r.select.min_top1 == 0.9

@@ -72,3 +72,42 @@ def test_same_speed_is_not_a_slowdown_and_guarded_metrics_get_no_hint():
     slow = Candidate("w8", 170, 10.1, ttft_ms=27, decode_tok_s=40)
     d = pick_winner(BASE, [slow], SelectSpec(max_ttft_ratio=1.1))  # TTFT guarded and within it
     assert d.winner == "w8" and len(d.warnings) == 3 and d.warnings[-1].startswith("set select.min_decode_ratio to")
+
+
+FID = [
+    Candidate("w8", 170, 10.1, kld=0.002, top1=0.99),
+    Candidate("w4", 110, 10.15, kld=0.03, top1=0.93),
+    Candidate("w3", 90, 10.18, kld=0.2, top1=0.8),
+]
+
+
+def test_fidelity_bounds_filter_candidates():
+    assert pick_winner(BASE, FID, SelectSpec(max_ppl_increase_pct=2.0)).winner == "w3"  # unbounded: smallest
+    d = pick_winner(BASE, FID, SelectSpec(max_ppl_increase_pct=2.0, max_kld=0.05))
+    assert d.winner == "w4" and "excluded by speed and fidelity guards" in d.reason
+    assert "w3: KLD 0.2 > select.max_kld 0.05" in d.reason
+    d = pick_winner(BASE, FID, SelectSpec(max_ppl_increase_pct=2.0, min_top1=0.95))
+    assert d.winner == "w8" and "w4: top-1 agreement 0.9300 < select.min_top1 0.95" in d.reason
+    d = pick_winner(BASE, FID, SelectSpec(max_ppl_increase_pct=2.0, max_kld=0.05, min_top1=0.95))
+    assert d.winner == "w8"
+    d = pick_winner(BASE, FID, SelectSpec(max_kld=0.001))
+    assert d.winner is None and "no variant passes the speed and fidelity guards" in d.reason
+
+
+def test_fidelity_bound_without_measurement_excludes():
+    d = pick_winner(BASE, [Candidate("a", 1, 10.0)], SelectSpec(max_kld=1.0))
+    assert d.winner is None and "a: no KL divergence measured for select.max_kld" in d.reason
+    d = pick_winner(BASE, [Candidate("a", 1, 10.0)], SelectSpec(min_top1=0.5))
+    assert d.winner is None and "a: no top-1 agreement measured for select.min_top1" in d.reason
+
+
+@pytest.mark.parametrize("bad,msg", [("max_kld: -0.1", "greater than or equal to 0"),
+                                     ("min_top1: 1.5", "less than or equal to 1"),
+                                     ("max_kld: tiny", "max_kld")])
+def test_fidelity_bound_values_are_validated(bad, msg):
+    from pydantic import ValidationError
+
+    import yaml
+
+    with pytest.raises(ValidationError, match=msg):
+        SelectSpec(**yaml.safe_load(bad))
