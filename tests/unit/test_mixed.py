@@ -195,3 +195,36 @@ def test_quality_bound_needs_the_run(tiny_model_dir, tiny_calib, tmp_path):
     with pytest.raises(UserError, match="budget.max_ppl_increase_pct is a quality bound"):
         MixedQuantizer().quantize(load_fp32(tiny_model_dir), mixed(budget={"max_ppl_increase_pct": 2}), ids,
                                   tmp_path / "c", QuantizeContext(tokenizer=tok, cache_dir=tmp_path, model_key="t"))
+
+
+def test_quality_search_end_to_end(tiny_recipe, board_path):
+    """A quality bound in a recipe: the run measures attempts until the bracket closes, keeps the
+    smallest that meets it, lists every attempt, and a rerun reuses them all."""
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+    from llmquant.winner import delta_pct
+
+    path = tiny_recipe(variants="""
+  - {name: w8, method: rtn, bits: 8, group_size: 32}
+  - {name: mx, method: mixed, budget: {max_ppl_increase_pct: 3}, candidate_group_sizes: [32], estimate: rtn,
+     max_attempts: 3}
+""", extra="""calibration:
+  dataset: {source: "builtin:pydoc", split: train}
+  n_samples: 8
+  seqlen: 128
+""")
+    summary = run(load_recipe(path))
+    out = {o.name: o for o in summary.variants}
+    mx, base = out["mx"], summary.baseline.ppl
+    search = mx.summary["search"]
+    assert 1 <= len(search["attempts"]) <= 3
+    for a in search["attempts"]:  # each attempt is a variant step of its own, with its own result
+        r = json.loads((summary.run_dir / "variants" / a["name"] / "result.json").read_text())["result"]
+        assert delta_pct(r["ppl"], base) == pytest.approx(a["value"], rel=1e-6)
+    met = [a for a in search["attempts"] if a["value"] <= 3]
+    kept = min(met, key=lambda a: a["bits"]) if met else max(search["attempts"], key=lambda a: a["bits"])
+    assert search["met"] == bool(met) and search["kept_bits"] == kept["bits"]
+    assert delta_pct(mx.result.ppl, base) == pytest.approx(kept["value"], rel=1e-6)
+    assert mx.summary["allocation"]["average_bits"] <= kept["bits"] + 1e-9
+    again = {o.name: o for o in run(load_recipe(path)).variants}["mx"]
+    assert again.summary["search"] == search and not again.quantized_now and not again.evaluated_now
