@@ -11,7 +11,9 @@ from pydantic import ValidationError
 
 from llmquant.errors import UserError
 from llmquant.formats.gptq_v1 import shape_problem
+from llmquant.formats.load import load_checkpoint
 from llmquant.formats.modules import checkpoint_modules, gptq_dynamic
+from llmquant.inspect import inspect_path
 from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.gptq.gptq_math import accumulate_hessian
 from llmquant.quantize.mixed import assign, sensitivity as sens
@@ -167,7 +169,8 @@ def test_mixed_checkpoint_stores_the_allocation(tiny_model_dir, tiny_calib, tmp_
     variant = mixed(budget={"bits": 4.5})
     out = tmp_path / "ckpt"
     ctx = QuantizeContext(tokenizer=tok, cache_dir=tmp_path / "cache", model_key="tiny")
-    result = MixedQuantizer().quantize(load_fp32(tiny_model_dir), variant, ids, out, ctx)
+    model = load_fp32(tiny_model_dir)
+    result = MixedQuantizer().quantize(model, variant, ids, out, ctx)
     alloc = result.details["allocation"]
     assert alloc["total_bytes"] <= alloc["budget_bytes"] and alloc["average_bits"] <= 4.5
     assert len({(u["bits"], u["group_size"]) for u in alloc["units"]}) > 1  # actually mixed
@@ -188,6 +191,36 @@ def test_mixed_checkpoint_stores_the_allocation(tiny_model_dir, tiny_calib, tmp_
     assert packed == alloc["total_bytes"]
     n = sum(e["in_features"] * e["out_features"] for e in table["layers"])
     assert bits_per_weight(packed, n) == pytest.approx(alloc["average_bits"], abs=1e-4)
+    # our loader reads it: the same logits as the quantizer's dequantized weights left in `model`
+    loaded, _, _ = load_checkpoint(out, "float32", "cpu")
+    x = ids.input_ids[:2]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
+    # inspect: every allocated setting, and no vLLM blocker (fused layers share one setting; a
+    # 2/3-bit layer makes the base non-marlin)
+    report = inspect_path(out)
+    assert report.bits == sorted({u["bits"] for u in alloc["units"]})
+    blockers = [f.code for f in report.vllm.findings if f.severity == "blocker"]
+    assert blockers == [], blockers
+
+
+def test_bad_budget_is_one_line_exit_2(tmp_path, tiny_model_dir):
+    from typer.testing import CliRunner
+
+    from llmquant.cli import app
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"""name: t
+model: {{source: {tiny_model_dir}}}
+calibration: {{dataset: {{source: "builtin:pydoc", split: train}}, n_samples: 4, seqlen: 32}}
+eval: {{dataset: {{source: "builtin:pydoc", split: test}}, seqlen: 64, max_windows: 2}}
+variants:
+  - {{name: m, method: mixed, budget: {{bits: 9}}}}
+""")
+    res = CliRunner().invoke(app, ["validate", str(recipe)], catch_exceptions=False)
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and "Traceback" not in res.output, res.output
+    assert "variants[0].budget.bits" in errors[0] and "between 2 and 8" in errors[0] and str(recipe) in errors[0]
 
 
 def test_quality_bound_needs_the_run(tiny_model_dir, tiny_calib, tmp_path):
