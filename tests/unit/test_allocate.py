@@ -39,6 +39,11 @@ def _bytes(units, chosen):
     return sum(units[u][j].bytes for u, j in enumerate(chosen))
 
 
+def _byte_range(units):
+    """(bytes with every unit at its smallest option, at its largest)."""
+    return sum(min(o.bytes for o in u) for u in units), sum(max(o.bytes for o in u) for u in units)
+
+
 def _cost(units, chosen):
     return sum(units[u][j].cost for u, j in enumerate(chosen))
 
@@ -47,8 +52,7 @@ def test_allocate_matches_brute_force_when_exact():
     rng = random.Random(0)
     for _ in range(150):
         units = _random_units(rng, 5)
-        low = sum(min(o.bytes for o in u) for u in units)
-        high = sum(max(o.bytes for o in u) for u in units)
+        low, high = _byte_range(units)
         for budget in sorted(rng.randint(low, high + 500) for _ in range(4)):
             chosen = allocate(units, budget)
             assert _bytes(units, chosen) <= budget
@@ -62,8 +66,7 @@ def test_allocate_with_coarse_columns_stays_feasible_and_near_optimal():
     coarse = 0
     for _ in range(100):
         units = _random_units(rng, 5)
-        low = sum(min(o.bytes for o in u) for u in units)
-        high = sum(max(o.bytes for o in u) for u in units)
+        low, high = _byte_range(units)
         for budget in sorted(rng.randint(low, high) for _ in range(4)):
             step = size_unit(units, budget, 40)
             coarse += step > 1
@@ -103,8 +106,7 @@ def test_frontier_is_monotone():
     rng = random.Random(2)
     for _ in range(20):
         units = _random_units(rng, 6)
-        low = sum(min(o.bytes for o in u) for u in units)
-        high = sum(max(o.bytes for o in u) for u in units)
+        low, high = _byte_range(units)
         budgets = list(range(low, high + 1, max(1, (high - low) // 40)))
         pts = frontier(units, budgets)
         for (b, (used, cost)) in zip(budgets, pts):
