@@ -24,6 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))  # appended: bench/ first on sys.path would shadow packages (bench/kernels.py)
 
 
+def result_of(path: Path) -> dict:
+    """The EvalResult fields of a cached result file ({"key", "result": {...}})."""
+    data = json.loads(path.read_text())
+    return data.get("result", data)
+
+
 def ranks(values: list[float]) -> list[float]:
     """Average ranks (ties share the mean of their positions), 1-based."""
     order = sorted(range(len(values)), key=lambda i: values[i])
@@ -94,7 +100,7 @@ def main() -> None:
     args = ap.parse_args()
     sens_path = args.sensitivity or find_sensitivity(args.run)
     sens = json.loads(sens_path.read_text())
-    base = json.loads((args.run / "baseline/result.json").read_text())
+    base = result_of(args.run / "baseline/result.json")
     rows, skipped = [], []
     for res in sorted(args.run.glob("variants/*/result.json")):
         name = res.parent.name
@@ -104,7 +110,7 @@ def main() -> None:
         cost, why = predicted_cost(ckpt, sens)
         if cost is None:
             skipped.append((name, why)); continue
-        r = json.loads(res.read_text())
+        r = result_of(res)
         kld = (r.get("fidelity") or {}).get("kld_mean")
         rows.append((name, cost, 100 * (r["ppl"] / base["ppl"] - 1), kld, r["size_bytes"]))
     lines = [f"sensitivity: {sens_path} (estimate {sens.get('estimate', '?')}, {len(sens['layers'])} units)", "",

@@ -261,3 +261,8 @@ def test_quality_search_end_to_end(tiny_recipe, board_path):
     assert mx.summary["allocation"]["average_bits"] <= kept["bits"] + 1e-9
     again = {o.name: o for o in run(load_recipe(path)).variants}["mx"]
     assert again.summary["search"] == search and not again.quantized_now and not again.evaluated_now
+
+
+def test_search_attempts_may_exceed_the_recipes_8_bits():
+    v = mixed(budget={"max_ppl_increase_pct": 1}).with_bits(8.5)
+    assert v.budget.bits == 8.5 and v.budget.kind == "bits" and v.quality_bound is None

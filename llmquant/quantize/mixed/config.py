@@ -103,8 +103,10 @@ class MixedVariant(VariantBase, GPTQSolverOptions):
         return as_gptq(self, max(self.candidate_bits), min(self.candidate_group_sizes, key=lambda g: g % 10**9))
 
     def with_bits(self, bits: float) -> "MixedVariant":
-        """This variant at a size budget of `bits` average bits per weight."""
-        return self.model_copy(update={"budget": MixedBudget(bits=bits)})
+        """This variant at a size budget of `bits` average bits per weight. Not checked against the
+        recipe's 2-8 range: a quality search may need every layer at 8 bits, whose scales and
+        zeros take it above 8 (8-bit g64 is 8.5 bits per weight)."""
+        return self.model_copy(update={"budget": MixedBudget.model_construct(bits=bits)})
 
 
 def as_gptq(variant: MixedVariant, bits: int, group_size: int, overrides: list[ModuleOverride] = ()):
