@@ -104,6 +104,12 @@ def test_unit_entries_sum_members():
     assert qk["options"][0]["cost"] == pytest.approx(0.3) and qk["options"][0]["seconds"] == 1.0
     assert qk["options"][0]["bytes"] == gptq_bytes(64, 64, 4, 32) + gptq_bytes(64, 32, 4, 32)
     assert o["options"][0]["cost"] == pytest.approx(0.3) and qk["modules"] == ["a.q_proj", "a.k_proj"]
+    # weighting fisher: the cost is the members' Fisher-weighted sum; the NSR stays beside it
+    for r, f in zip(rows, (0.01, 0.02, 0.5)):
+        r["costs"][0]["fisher"] = f
+    qk, o = sens.unit_entries(units, rows, "fisher")
+    assert qk["options"][0]["cost"] == pytest.approx(0.03) and qk["options"][0]["nsr"] == pytest.approx(0.3)
+    assert o["options"][0]["cost"] == pytest.approx(0.5)
 
 
 def test_base_setting_avoids_marlin_when_any_layer_cannot_run_it():
@@ -156,7 +162,7 @@ def test_sensitivity_falls_with_bits_and_is_cached(tiny_model_dir, tiny_calib, t
         h.remove()
         X = torch.cat([x.reshape(-1, x.shape[-1]) for x in xs])
         expect = float(((X @ (W - W_hat).T) ** 2).sum() / ((X @ W.T) ** 2).sum())
-        got = next(o["cost"] for o in down["options"] if (o["bits"], o["group_size"]) == (4, 32))
+        got = next(o["nsr"] for o in down["options"] if (o["bits"], o["group_size"]) == (4, 32))
         assert got == pytest.approx(expect, rel=1e-3)
     # the second call reads the file: the sequential loop must not run
     monkeypatch.setattr(sens, "run_sequential", lambda *a, **k: pytest.fail("sensitivities recomputed"))

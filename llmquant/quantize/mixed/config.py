@@ -68,6 +68,12 @@ class MixedVariant(VariantBase, GPTQSolverOptions):
                                    "llama.cpp-style tiers by tensor type, sensitivity-free (a baseline)")
     estimate: Literal["gptq", "rtn"] = Field("gptq", description="the quantizer whose output error is measured "
                                                                  "per setting (rtn: much cheaper)")
+    weighting: Literal["fisher", "output"] = Field(
+        "fisher", description="fisher: each layer's output error weighted by the loss's squared gradient there "
+                              "(a predicted loss rise; one streamed backward pass); output: relative to the layer's "
+                              "own output (no gradients)")
+    fisher_samples: int = Field(16, ge=1, le=1024, description="weighting fisher: calibration sequences the "
+                                                                "gradients are taken on")
     sym: bool = True
     overrides: list[ModuleOverride] = Field([], description="modules to leave unquantized ({pattern, skip: true})")
     max_attempts: int = Field(4, ge=1, le=12, description="quality bounds: attempts the search may measure")
