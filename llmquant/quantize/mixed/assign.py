@@ -10,26 +10,17 @@ from collections import Counter
 from ...errors import UserError
 from ...formats.vllm_compat import MARLIN_GROUPS, MARLIN_TYPES
 from ..config import ModuleOverride
-from .allocate import Option, allocate, budget_bytes, by_type
+from .allocate import bits_per_weight, budget_bytes
 from .config import MixedVariant
+from .predict import Predictor
 from .units import _FUSED_OF
-
-
-def options_of(table: dict) -> list[list[Option]]:
-    """The sensitivity JSON's units as allocate.Option lists."""
-    return [[Option(o["bits"], o["group_size"], o["bytes"], o["cost"], o.get("seconds", 0.0)) for o in e["options"]]
-            for e in table["layers"]]
-
-
-def n_weights(table: dict) -> int:
-    return sum(e["in_features"] * e["out_features"] for e in table["layers"])
 
 
 def budget_of(variant: MixedVariant, table: dict) -> int:
     """The bytes the quantized Linears may take: from `bits` per weight or `size_mb` (1e6 bytes)."""
     b = variant.budget
     if b.bits is not None:
-        return budget_bytes(b.bits, n_weights(table))
+        return budget_bytes(b.bits, Predictor.from_dict(table).n_weights)
     if b.size_mb is not None:
         return int(b.size_mb * 1e6)
     raise UserError(f"variants ({variant.name}): budget.{b.kind} is a quality bound: the run searches sizes for it "
@@ -37,17 +28,15 @@ def budget_of(variant: MixedVariant, table: dict) -> int:
 
 
 def choose(variant: MixedVariant, table: dict) -> list[int]:
-    """The option index chosen per unit, within the budget."""
-    units, budget = options_of(table), budget_of(variant, table)
+    """The option index chosen per unit, within the budget (the same choice the quality search's
+    Predictor makes at that size)."""
+    predictor, budget = Predictor.from_dict(table, variant.allocator), budget_of(variant, table)
     try:
-        if variant.allocator == "by-type":
-            return by_type([e["name"] for e in table["layers"]], units, budget)
-        return allocate(units, budget)
+        return predictor.choose_bytes(budget)
     except ValueError as e:
-        field = f"budget.{variant.budget.kind}"
-        smallest = sum(min(o.bytes for o in u) for u in units)
-        raise UserError(f"variants ({variant.name}): {field}: {budget} bytes cannot hold the quantized layers "
-                        f"(the smallest candidates take {smallest} bytes; {e})") from None
+        raise UserError(f"variants ({variant.name}): budget.{variant.budget.kind}: {budget} bytes cannot hold the "
+                        f"quantized layers (the smallest candidates take {predictor.smallest_bytes()} bytes; {e})"
+                        ) from None
 
 
 def marlin_eligible(bits: int, group_size: int, sym: bool) -> bool:
@@ -101,8 +90,6 @@ def overrides(table: dict, chosen: list[int], base: tuple[int, int]) -> list[Mod
 
 def allocation(variant: MixedVariant, table: dict, chosen: list[int]) -> dict:
     """The summary's record of an allocation (per unit and totals)."""
-    from .allocate import bits_per_weight
-
     units = []
     for entry, i in zip(table["layers"], chosen):
         o = entry["options"][i]
@@ -111,5 +98,5 @@ def allocation(variant: MixedVariant, table: dict, chosen: list[int]) -> dict:
     total = sum(u["bytes"] for u in units)
     return {"allocator": variant.allocator, "estimate": variant.estimate, "budget": {variant.budget.kind:
             getattr(variant.budget, variant.budget.kind)}, "budget_bytes": budget_of(variant, table),
-            "total_bytes": total, "average_bits": round(bits_per_weight(total, n_weights(table)), 4),
+            "total_bytes": total, "average_bits": round(bits_per_weight(total, Predictor.from_dict(table).n_weights), 4),
             "predicted_cost": sum(u["cost"] for u in units), "units": units}

@@ -48,16 +48,22 @@ class Predictor:
 
     def reachable(self) -> tuple[float, float]:
         """(bits/weight with every unit at its smallest option, at its largest)."""
-        low = sum(min(o.bytes for o in opts) for opts in self.units)
+        low = self.smallest_bytes()
         high = sum(max(o.bytes for o in opts) for opts in self.units)
         return bits_per_weight(low, self.n_weights), bits_per_weight(high, self.n_weights)
 
-    def choose(self, bits: float) -> list[int]:
-        """The option per unit the variant's allocator picks at this average bits/weight."""
-        budget = budget_bytes(bits, self.n_weights)
+    def smallest_bytes(self) -> int:
+        return sum(min(o.bytes for o in opts) for opts in self.units)
+
+    def choose_bytes(self, budget: int) -> list[int]:
+        """The option per unit the allocator picks within `budget` bytes (ValueError: it cannot)."""
         if self.allocator == "by-type":
             return by_type(self.names, self.units, budget)
         return allocate(self.units, budget)
+
+    def choose(self, bits: float) -> list[int]:
+        """The option per unit the variant's allocator picks at this average bits/weight."""
+        return self.choose_bytes(budget_bytes(bits, self.n_weights))
 
     def cost(self, bits: float) -> float:
         """Predicted total cost (sum of the chosen options' costs) at this average bits/weight."""
