@@ -11,8 +11,10 @@ resident): the sensitivity pass of `method: mixed` with candidate bits 2/3/4/8 x
 64/128 (8 settings per Linear), calibration `--n-samples` x `--seqlen` crops of wikitext-2 valid.
 Recorded: wall seconds and peak RSS of the pass, seconds per block, and the per-setting solve
 seconds summed (the rest is the forwards and Hessians). The 7B projection is the per-block time
-x 32. Baseline in the same run: uniform GPTQ W4 g128 on the same model (bench/scale.py's child),
-so the ratio "sensitivity / one GPTQ quantization" is machine-independent.
+x 32. With weighting fisher (the default) the pass starts with a streamed forward and backward over
+`fisher_samples` (16) sequences; its seconds are the "fisher s" column. Baseline in the same run:
+uniform GPTQ W4 g128 on the same model (bench/scale.py's child), so the ratio "sensitivity / one
+GPTQ quantization" is machine-independent.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ def child(args: argparse.Namespace) -> None:
         m["wall"] = time.perf_counter() - t0  # the pass alone (measure_step also times it)
     m["solve_seconds"] = sum(o["seconds"] for e in table["layers"] for o in e["options"])
     m["settings"] = sum(len(e["options"]) for e in table["layers"])
+    m["fisher_seconds"] = table.get("fisher_seconds") or 0.0
     print("RESULT " + json.dumps(m))
 
 
@@ -93,7 +96,8 @@ def main() -> None:
         r = run_child(["--child", "--estimate", est, "--model", str(model), *calib])
         per_block = r["wall"] / args.layers
         rows.append(f"| sensitivity, estimate {est} | {r['settings']} | {r['wall']:.1f} | {per_block:.1f} | "
-                    f"{r['solve_seconds']:.1f} | {r['quantize_peak_rss_bytes'] / 2**30:.2f} | {per_block * FULL_LAYERS / 3600:.2f} |")
+                    f"{r['solve_seconds']:.1f} | {r['fisher_seconds']:.1f} | {r['quantize_peak_rss_bytes'] / 2**30:.2f} | "
+                    f"{per_block * FULL_LAYERS / 3600:.2f} |")
     if not args.no_baseline:
         with tempfile.TemporaryDirectory() as out:
             p = subprocess.run([sys.executable, str(ROOT / "bench" / "scale.py"), "--child", "--method", "gptq",
@@ -104,7 +108,7 @@ def main() -> None:
                 r = json.loads(line[7:])
                 per_block = r["quantize_seconds"] / args.layers
                 rows.append(f"| uniform GPTQ W4 g128 (baseline) | {7 * args.layers} | {r['quantize_seconds']:.1f} | "
-                            f"{per_block:.1f} | - | {r['quantize_peak_rss_bytes'] / 2**30:.2f} | {per_block * FULL_LAYERS / 3600:.2f} |")
+                            f"{per_block:.1f} | - | - | {r['quantize_peak_rss_bytes'] / 2**30:.2f} | {per_block * FULL_LAYERS / 3600:.2f} |")
             else:
                 rows.append(f"| uniform GPTQ W4 g128 (baseline) | failed: {p.stderr[-300:]!r} |")
     cmd = "PYTHONPATH=. python bench/sensitivity_7b.py " + " ".join(sys.argv[1:])
@@ -112,8 +116,8 @@ def main() -> None:
     lines += [f"Synthetic Llama, {args.layers} block(s) of 7B shapes, calibration {args.n_samples} x {args.seqlen} "
               "tokens of wikitext-2 valid; candidates bits 2/3/4/8 x group 64/128. Random weights: times and "
               "memory are real, costs meaningless.", "",
-              "| pass | settings solved | wall s | s / block | solve s (sum) | peak RSS GiB | 7B (32 blocks) h |",
-              "|---|---|---|---|---|---|---|", *rows]
+              "| pass | settings solved | wall s | s / block | solve s (sum) | fisher s | peak RSS GiB | 7B (32 blocks) h |",
+              "|---|---|---|---|---|---|---|---|", *rows]
     emit(lines, args.out)
 
 

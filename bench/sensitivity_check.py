@@ -6,6 +6,11 @@ the protocol has it, and the perplexity increase), with Spearman's rank correlat
 
     PYTHONPATH=. python bench/sensitivity_check.py ../runs/smollm2-mixed
     PYTHONPATH=. python bench/sensitivity_check.py ../runs/smollm2-mixed --sensitivity FILE --out F.md
+    PYTHONPATH=. python bench/sensitivity_check.py RUN --cost nsr     # the other weighting of the same JSON
+
+`--cost` picks the option field summed: `cost` (the JSON's own weighting), `nsr` (noise-to-signal of
+each layer's outputs) or `fisher` (Fisher-weighted: a predicted rise of the mean per-token loss in
+nats, which the table puts beside the measured ln(ppl / baseline ppl)).
 
 The sensitivity JSON defaults to the one a mixed variant of the run recorded in its summary
 (`allocation.sensitivity`), else the newest `sensitivity-*.json` in the run's cache. A unit whose
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -56,7 +62,7 @@ def spearman(x: list[float], y: list[float]) -> float:
     return cov / (vx * vy) if vx and vy else float("nan")
 
 
-def predicted_cost(ckpt: Path, sens: dict) -> tuple[float | None, str]:
+def predicted_cost(ckpt: Path, sens: dict, field: str = "cost") -> tuple[float | None, str]:
     from llmquant.formats.load import inspect_checkpoint
     from llmquant.formats.modules import checkpoint_modules
 
@@ -75,7 +81,9 @@ def predicted_cost(ckpt: Path, sens: dict) -> tuple[float | None, str]:
         opt = [o for o in unit["options"] if (o["bits"], o["group_size"]) == (bits, group)]
         if not opt:
             return None, f"{unit['name']}: no option for {bits} bits group {group}"
-        total += opt[0]["cost"]
+        if field not in opt[0]:
+            return None, f"{unit['name']}: the JSON has no '{field}' per option"
+        total += opt[0][field]
     return total, ""
 
 
@@ -97,6 +105,7 @@ def main() -> None:
     ap.add_argument("run", type=Path, help="a run directory (output.dir of a recipe)")
     ap.add_argument("--sensitivity", type=Path, help="the sensitivity JSON (default: see the module doc)")
     ap.add_argument("--out", type=Path, help="also write the table (markdown) here")
+    ap.add_argument("--cost", choices=("cost", "nsr", "fisher"), default="cost", help="the option field summed")
     args = ap.parse_args()
     sens_path = args.sensitivity or find_sensitivity(args.run)
     sens = json.loads(sens_path.read_text())
@@ -107,16 +116,20 @@ def main() -> None:
         ckpt = res.parent / "checkpoint"
         if not ckpt.exists():
             skipped.append((name, "no checkpoint")); continue
-        cost, why = predicted_cost(ckpt, sens)
+        cost, why = predicted_cost(ckpt, sens, args.cost)
         if cost is None:
             skipped.append((name, why)); continue
         r = result_of(res)
         kld = (r.get("fidelity") or {}).get("kld_mean")
         rows.append((name, cost, 100 * (r["ppl"] / base["ppl"] - 1), kld, r["size_bytes"]))
-    lines = [f"sensitivity: {sens_path} (estimate {sens.get('estimate', '?')}, {len(sens['layers'])} units)", "",
-             "| variant | predicted cost | ppl increase % | KLD mean | size MB |", "|---|---|---|---|---|"]
+    lines = [f"sensitivity: {sens_path} (estimate {sens.get('estimate', '?')}, {len(sens['layers'])} units, "
+             f"summed field {args.cost!r}: {sens.get('weighting', 'output') if args.cost == 'cost' else args.cost})", "",
+             "| variant | predicted cost | ln(ppl / base) | ppl increase % | KLD mean | size MB |",
+             "|---|---|---|---|---|---|"]
     for name, cost, dppl, kld, size in sorted(rows, key=lambda r: r[1]):
-        lines.append(f"| {name} | {cost:.4g} | {dppl:.2f} | {'' if kld is None else f'{kld:.4f}'} | {size / 1e6:.1f} |")
+        nats = math.log1p(dppl / 100)
+        lines.append(f"| {name} | {cost:.4g} | {nats:.4f} | {dppl:.2f} | {'' if kld is None else f'{kld:.4f}'} "
+                     f"| {size / 1e6:.1f} |")
     lines.append("")
     if len(rows) >= 3:
         lines.append(f"Spearman (predicted cost vs ppl increase), n={len(rows)}: "
