@@ -69,7 +69,9 @@ def options_of(variant, calib: mem.Calibration | None) -> mem.QuantizeOptions:
     chunk = getattr(variant, "max_chunk_memory_mb", 1024) << 20
     samples = getattr(variant, "search_samples", None)
     tokens = samples * calib.seqlen if (samples and calib) else None
-    return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens)
+    gradients = getattr(variant, "fisher_samples", 0) if getattr(variant, "weighting", None) == "fisher" else 0
+    return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens,
+                               gradient_sequences=min(gradients, calib.n_samples) if calib else 0)
 
 
 def saved_dtype(variant, model: nn.Module) -> str:
@@ -230,10 +232,11 @@ def plan_recipe(recipe, label: str, config, model: nn.Module, machine: Machine, 
     steps = [load_step(fp, gguf)]
     steps.append(eval_step("baseline", fp, recipe, device, dtype, None, fp.total_params, fp.stored_dtype))
     largest: tuple[int, int, str] | None = None
-    for v in recipe.variants:
-        v = getattr(v, "sized_as", lambda: v)()  # a variant sized per layer plans as its largest uniform case
+    for variant in recipe.variants:
+        # a variant sized per layer is sized as its largest uniform case; its method plans the work
+        v = getattr(variant, "sized_as", lambda: variant)()
         ckpt, _ = checkpoint_bytes(model, v)
-        steps.append(quantize_step(fp, ckpt, v, recipe, device, loads_own_model(v)))
+        steps.append(quantize_step(fp, ckpt, variant, recipe, device, loads_own_model(v)))
         held, unpacked = checkpoint_bytes(model, v, resident=True)
         packed = held - unpacked * save_bytes(v)
         steps.append(eval_step(v.name, fp, recipe, device, dtype, packed, unpacked, saved_dtype(v, model)))

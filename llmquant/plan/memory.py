@@ -77,6 +77,7 @@ class QuantizeOptions:
 
     max_chunk_bytes: int = 1024 << 20  # AWQ's max_chunk_memory_mb
     search_tokens: int | None = None  # AWQ: tokens recorded for the search (None: every token)
+    gradient_sequences: int = 0  # mixed, weighting fisher: sequences of the streamed backward pass
 
 
 def total(terms: Terms) -> int:
@@ -115,12 +116,26 @@ def awq_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOptions)
             "float reference outputs": calib.tokens * fp.hidden * 4}
 
 
+def mixed_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOptions) -> Terms:
+    """GPTQ's terms (its sensitivity pass holds the same Hessians per block; then it is GPTQ), and
+    the output-gradient pass: the kept block inputs (within the activation budget; the rest spill),
+    each sequence's gradient, and one sequence's logits with their gradient."""
+    assert calib is not None
+    t = gptq_working(fp, calib, opts)
+    n = opts.gradient_sequences
+    if n:
+        t["gradient pass: kept block inputs"] = calib.within_budget(
+            n * calib.seqlen * fp.hidden * calib.activation_bytes * fp.layers)
+        t["gradient pass: gradients, logits"] = n * calib.seqlen * fp.hidden * 4 + 3 * calib.seqlen * fp.vocab * 4
+    return t
+
+
 # one line per method; a method missing here is planned as if it loaded the whole model
 WORKING_SETS: dict[str, Callable[[Footprint, Calibration | None, QuantizeOptions], Terms]] = {
     "rtn": rtn_working,
     "gptq": gptq_working,
     "awq": awq_working,
-    "mixed": gptq_working,  # its sensitivity pass holds the same Hessians per block; then it is GPTQ
+    "mixed": mixed_working,
 }
 
 

@@ -285,3 +285,16 @@ def test_tiny_config_by_hand(tmp_path):
     ev = step(plan, "evaluate baseline")
     assert ev.terms["weights"] == fp.total_params * 4 and ev.terms["attention scores"] == 4 * 128 * 128 * 4
     assert ev.host == int(sum(ev.terms.values()) * mem.ALLOCATOR_SLACK)
+
+
+def test_mixed_plans_the_gradient_pass_on_7b_shapes(tmp_path):
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[{name: m, method: mixed, budget: {bits: 4}}, "
+               "{name: o, method: mixed, budget: {bits: 4}, weighting: output}]")
+    plan = plan_for(r, BOX_24)
+    terms = step(plan, "quantize m").terms
+    # 16 sequences x 512 tokens x 4096 x 4 bytes, kept for each of the 32 blocks (4 GiB: within the budget)
+    assert terms["gradient pass: kept block inputs"] == 16 * 512 * 4096 * 4 * 32
+    assert terms["gradient pass: gradients, logits"] == 16 * 512 * 4096 * 4 + 3 * 512 * 32000 * 4
+    assert terms["Hessians"] == (3 * 4096 ** 2 + 11008 ** 2) * 4  # the sensitivity pass: GPTQ's Hessians
+    assert "gradient pass: kept block inputs" not in step(plan, "quantize o").terms
+    assert step(plan, "quantize m").problem is None  # fits the 24 GB box
