@@ -203,3 +203,18 @@ def test_inverse_cholesky_upper_factors_the_damped_inverse_in_float64():
     assert torch.equal(U, torch.triu(U))
     Hd = H.double() + 0.01 * torch.diagonal(H).mean().double() * torch.eye(96, dtype=torch.float64)
     torch.testing.assert_close((U.T @ U).double(), torch.linalg.inv(Hd), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("order, expect_factors", [({}, 1), ({"desc_act": True}, 1),
+                                                   ({"act_group_aware": True}, 2)])
+def test_factors_kept_across_settings_give_the_same_result(order, expect_factors):
+    g = torch.Generator().manual_seed(6)
+    W = torch.randn(24, 128, generator=g)
+    H, _ = accumulate_hessian(None, 0, correlated_inputs(1024, 128, seed=7).float())
+    factors: dict = {}
+    for bits, gs in ((2, 32), (4, 32), (3, 64), (8, 64)):
+        fresh = gptq_quantize(W, H, bits, gs, sym=True, **order)
+        reused = gptq_quantize(W, H, bits, gs, sym=True, factors=factors, **order)
+        assert torch.equal(fresh.weight.q, reused.weight.q) and torch.equal(fresh.weight.scales, reused.weight.scales)
+    # one factorization per column order: group-aware ordering differs with the group size
+    assert len(factors) == expect_factors

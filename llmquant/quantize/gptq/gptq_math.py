@@ -135,11 +135,14 @@ def group_aware_order(diag: Tensor, group_size: int) -> Tensor:
 
 def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *, desc_act: bool = False,
                   static_groups: bool = False, act_group_aware: bool = False, damp_percent: float = 0.01,
-                  block_size: int = 128) -> GPTQOutput:
+                  block_size: int = 128, factors: dict | None = None) -> GPTQOutput:
     """Quantize W [out, in] with the Hessian H [in, in] of its inputs.
 
     Works in float64 when W is float64 (used by tests), else float32. Raises
     NotPositiveDefinite when damping is not enough; the caller decides how to retry.
+    `factors`: a dict the caller keeps across calls with the *same* W and H (e.g. one layer at
+    several bits and group sizes): the Cholesky factor of H⁻¹ is computed once per column order
+    and damping and reused from it (the most expensive step at 4096+ columns; same result).
     """
     out_f, in_f = W.shape
     gs = in_f if group_size == -1 else group_size
@@ -177,7 +180,13 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
         Wt = Wt[perm]
         H = H[perm][:, perm]
 
-    U = inverse_cholesky_upper(H, damp_percent)
+    order = ("desc_act",) if desc_act else ("group_aware", gs) if gar else ("natural",)
+    key = (*order, damp_percent, str(dtype))
+    U = factors.get(key) if factors is not None else None
+    if U is None:
+        U = inverse_cholesky_upper(H, damp_percent)
+        if factors is not None:
+            factors[key] = U
 
     # group of each processed (possibly permuted) column
     pos = torch.arange(in_f, device=W.device)

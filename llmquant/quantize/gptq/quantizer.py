@@ -39,9 +39,11 @@ log = logging.getLogger("llmquant")
 MAX_DAMP = 1.0
 
 
-def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQVariant) -> tuple[GPTQOutput, float]:
+def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQVariant,
+                factors: dict | None = None) -> tuple[GPTQOutput, float]:
     """GPTQ for one Linear; a Hessian that is not positive definite is retried with ten times
-    the damping (up to MAX_DAMP), with a warning naming the layer. Returns (output, damp used)."""
+    the damping (up to MAX_DAMP), with a warning naming the layer. Returns (output, damp used).
+    `factors`: see gptq_math.gptq_quantize (several settings of the same W and H)."""
     if not torch.isfinite(H).all():
         raise UserError(
             f"calibration: {name}: its inputs contain NaN or Inf (or their squares overflow float32); "
@@ -54,8 +56,7 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
         try:
             out = gptq_quantize(W, H, s.bits, s.group_size, s.sym, desc_act=variant.desc_act,
                                 static_groups=variant.static_groups, act_group_aware=variant.act_group_aware,
-                                damp_percent=damp,
-                                block_size=variant.block_size)
+                                damp_percent=damp, block_size=variant.block_size, factors=factors)
             return out, damp
         except NotPositiveDefinite as e:
             if damp >= MAX_DAMP:

@@ -65,12 +65,14 @@ WEIGHTINGS: dict[str, tuple[str, str]] = {
 }
 
 
-def quantized(W: Tensor, H: Tensor, s: LayerSettings, estimate: str, solver, name: str = "") -> Tensor:
-    """Q(W) (de-quantized, W's device, float32) at setting `s` by `estimate`: rtn or gptq."""
+def quantized(W: Tensor, H: Tensor, s: LayerSettings, estimate: str, solver, name: str = "",
+              factors: dict | None = None) -> Tensor:
+    """Q(W) (de-quantized, W's device, float32) at setting `s` by `estimate`: rtn or gptq
+    (`factors`: a dict kept across the settings of one layer, so H is factored once)."""
     if estimate == "rtn":
         q, scales, zeros = quantize_rtn(W, s.bits, s.group_size, s.sym)
         return dequantize_groups(q, scales, zeros, group_index(W.shape[1], s.group_size).to(q.device))
-    out, _ = solve_layer(name, W, H, s, solver)
+    out, _ = solve_layer(name, W, H, s, solver, factors)
     return out.weight.dequantize().to(W.device)
 
 
@@ -124,11 +126,11 @@ class SensitivityHandler:
             if H is None:
                 log.warning("mixed: %s never ran on the calibration data; its sensitivity is its weight error", name)
             Hm = H if H is not None else torch.eye(W.shape[1], device=W.device)
-            costs = []
+            costs, factors = [], {}
             for bits, gs in self.settings[name]:
                 t0 = time.perf_counter()
                 W_hat = quantized(W, Hm, LayerSettings(bits, gs, self.variant.sym), self.variant.estimate,
-                                  self.variant, name)
+                                  self.variant, name, factors)
                 rows = row_errors(W, W_hat, Hm)
                 signal = float(((W.to(Hm.dtype) @ Hm) * W.to(Hm.dtype)).sum(dtype=torch.float64))
                 cost = {"bits": bits, "group_size": gs, "error": float(rows.sum()), "signal": signal}
