@@ -56,6 +56,13 @@ def bits_per_weight(total_bytes: int, n_weights: int) -> float:
     return 8 * total_bytes / n_weights
 
 
+def reachable_bits(option_bytes: list[list[int]], n_weights: int) -> tuple[float, float]:
+    """(bits/weight with every unit at its smallest option, at its largest), from each unit's
+    option sizes in bytes."""
+    return (bits_per_weight(sum(min(u) for u in option_bytes), n_weights),
+            bits_per_weight(sum(max(u) for u in option_bytes), n_weights))
+
+
 def budget_bytes(bits: float, n_weights: int) -> int:
     """Inverse of `bits_per_weight` (floor); the tiny slack absorbs float error in round trips."""
     return math.floor(bits * n_weights / 8 + 1e-6)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .allocate import Option, allocate, bits_per_weight, budget_bytes, by_type, total_cost
+from .allocate import Option, allocate, budget_bytes, by_type, reachable_bits, total_cost
 
 Allocator = Literal["sensitivity", "by-type"]
 ALLOCATORS: tuple[str, ...] = ("sensitivity", "by-type")
@@ -48,9 +48,7 @@ class Predictor:
 
     def reachable(self) -> tuple[float, float]:
         """(bits/weight with every unit at its smallest option, at its largest)."""
-        low = self.smallest_bytes()
-        high = sum(max(o.bytes for o in opts) for opts in self.units)
-        return bits_per_weight(low, self.n_weights), bits_per_weight(high, self.n_weights)
+        return reachable_bits([[o.bytes for o in opts] for opts in self.units], self.n_weights)
 
     def smallest_bytes(self) -> int:
         return sum(min(o.bytes for o in opts) for opts in self.units)

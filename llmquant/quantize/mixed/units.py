@@ -72,7 +72,7 @@ def model_units(model: nn.Module, variant: MixedVariant) -> list[Unit]:
 
 def check_model(variant: MixedVariant, model_type: str | None, model: nn.Module) -> str | None:
     """Preflight (METHODS check): every unit admits a candidate, and a size budget is reachable."""
-    from .allocate import bits_per_weight, gptq_bytes
+    from .allocate import gptq_bytes, reachable_bits
 
     units = model_units(model, variant)
     if not units:
@@ -83,9 +83,8 @@ def check_model(variant: MixedVariant, model_type: str | None, model: nn.Module)
         return (f"candidate_bits/candidate_group_sizes: no candidate can store {u.name} ([out, in] "
                 f"[{u.out_features}, {u.in_features}]); add a group size dividing {u.in_features}")
     weights = sum(u.in_features * u.out_features for u in units)
-    smallest = sum(min(sum(gptq_bytes(i, o, b, g) for i, o in u.shapes) for b, g in u.settings) for u in units)
-    largest = sum(max(sum(gptq_bytes(i, o, b, g) for i, o in u.shapes) for b, g in u.settings) for u in units)
-    lo, hi = bits_per_weight(smallest, weights), bits_per_weight(largest, weights)
+    lo, hi = reachable_bits([[sum(gptq_bytes(i, o, b, g) for i, o in u.shapes) for b, g in u.settings]
+                             for u in units], weights)
     b = variant.budget
     need = b.bits if b.bits is not None else (b.size_mb * 1e6 * 8 / weights if b.size_mb is not None else None)
     if need is not None and need < lo:
