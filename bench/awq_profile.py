@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # appended: bench/kernels.py must not shadow the `kernels` package
 
 from awq_cpu import parse_overrides  # noqa: E402
 from gptq_cpu import CACHE, add_worker_args, evaluate, machine, prepare, run_worker  # noqa: E402

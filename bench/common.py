@@ -13,6 +13,9 @@ SHARED = ROOT.parent / "shared"
 WIKI_TEST = SHARED / "data/wikitext2/wiki.test.raw.txt"
 WIKI_VALID = SHARED / "data/wikitext2/wiki.valid.tokens"
 sys.path.insert(0, str(ROOT))
+# `python bench/x.py` puts bench/ first on sys.path, where bench/kernels.py would shadow the `kernels`
+# package transformers imports when it is installed: keep bench/ importable, but last
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"] + [str(ROOT / "bench")]
 
 
 def smollm2_dir(work: Path) -> Path:

@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # appended: bench/kernels.py must not shadow the `kernels` package
 from common import machine  # noqa: E402
 
 SHARED = ROOT.parent / "shared"

@@ -33,7 +33,7 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "bench"))
+sys.path.append(str(ROOT / "bench"))  # appended: bench/kernels.py must not shadow the `kernels` package
 sys.path.insert(0, str(ROOT))
 from common import WIKI_VALID, machine, smollm2_dir  # noqa: E402
 
