@@ -127,12 +127,13 @@ class SensitivityHandler:
                 log.warning("mixed: %s never ran on the calibration data; its sensitivity is its weight error", name)
             Hm = H if H is not None else torch.eye(W.shape[1], device=W.device)
             costs, factors = [], {}
+            Wh = W.to(Hm.dtype)
+            signal = float(((Wh @ Hm) * Wh).sum(dtype=torch.float64))  # per layer, not per setting
             for bits, gs in self.settings[name]:
                 t0 = time.perf_counter()
                 W_hat = quantized(W, Hm, LayerSettings(bits, gs, self.variant.sym), self.variant.estimate,
                                   self.variant, name, factors)
                 rows = row_errors(W, W_hat, Hm)
-                signal = float(((W.to(Hm.dtype) @ Hm) * W.to(Hm.dtype)).sum(dtype=torch.float64))
                 cost = {"bits": bits, "group_size": gs, "error": float(rows.sum()), "signal": signal}
                 if self.fisher is not None:
                     G = self.fisher.get(name)
