@@ -126,6 +126,9 @@ class SensitivityHandler:
             if H is None:
                 log.warning("mixed: %s never ran on the calibration data; its sensitivity is its weight error", name)
             Hm = H if H is not None else torch.eye(W.shape[1], device=W.device)
+            if self.fisher is not None and name not in self.fisher:
+                log.warning("mixed: %s got no output gradient (the gradient pass never reached it); its Fisher "
+                            "cost is 0, so it gets the smallest candidate", name)
             costs, factors = [], {}
             Wh = W.to(Hm.dtype)
             signal = float(((Wh @ Hm) * Wh).sum(dtype=torch.float64))  # per layer, not per setting
