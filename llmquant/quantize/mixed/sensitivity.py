@@ -83,10 +83,15 @@ def row_errors(W: Tensor, W_hat: Tensor, H: Tensor) -> Tensor:
     return ((d @ H) * d).sum(1, dtype=torch.float64)
 
 
+def output_energy(W: Tensor, H: Tensor) -> float:
+    """tr(W H Wᵀ), the layer's output signal (product in H's dtype, sum in float64)."""
+    W = W.to(H.dtype)
+    return float(((W @ H) * W).sum(dtype=torch.float64))
+
+
 def noise_to_signal(W: Tensor, W_hat: Tensor, H: Tensor) -> tuple[float, float]:
     """(tr(ΔW H ΔWᵀ), tr(W H Wᵀ)) with ΔW = W - Ŵ, products in H's dtype, sums in float64."""
-    W = W.to(H.dtype)
-    return float(row_errors(W, W_hat, H).sum()), float(((W @ H) * W).sum(dtype=torch.float64))
+    return float(row_errors(W, W_hat, H).sum()), output_energy(W, H)
 
 
 def fisher_cost(rows: Tensor, G: Tensor, seqlen: int) -> float:
@@ -130,8 +135,7 @@ class SensitivityHandler:
                 log.warning("mixed: %s got no output gradient (the gradient pass never reached it); its Fisher "
                             "cost is 0, so it gets the smallest candidate", name)
             costs, factors = [], {}
-            Wh = W.to(Hm.dtype)
-            signal = float(((Wh @ Hm) * Wh).sum(dtype=torch.float64))  # per layer, not per setting
+            signal = output_energy(W, Hm)  # per layer, not per setting
             for bits, gs in self.settings[name]:
                 t0 = time.perf_counter()
                 W_hat = quantized(W, Hm, LayerSettings(bits, gs, self.variant.sym), self.variant.estimate,
@@ -187,13 +191,12 @@ def cache_key(variant: MixedVariant, calib: CalibrationSet, ctx: QuantizeContext
 
 
 def gradients(model: nn.Module, variant: MixedVariant, calib: CalibrationSet, ctx: QuantizeContext,
-              residency, work: Path) -> dict[str, Tensor]:
-    """The output Fisher of every target Linear over the first `fisher_samples` calibration rows,
+              residency, work: Path, names: set[str]) -> dict[str, Tensor]:
+    """The output Fisher of the Linears `names` over the first `fisher_samples` calibration rows,
     kept in the work dir so a resumed pass does not measure it again."""
     path = work / "fisher.safetensors"
     if path.is_file():
         return load_file(str(path))
-    names = {m for u in model_units(model, variant) for m in u.modules}
     fisher = output_fisher(model, calib.input_ids[:variant.fisher_samples], names, ctx.device, residency,
                            ctx.progress, work / "fisher-activations", ctx.activation_budget_bytes,
                            ctx.activation_dtype)
@@ -223,7 +226,8 @@ def sensitivity(model: nn.Module, variant: MixedVariant, calib: CalibrationSet, 
                              label=f"sensitivity {variant.name} ({variant.estimate})",
                              activation_budget=ctx.activation_budget_bytes, activation_dtype=ctx.activation_dtype)
     t0 = time.perf_counter()
-    fisher = gradients(model, variant, calib, ctx, residency, work) if variant.weighting == "fisher" else None
+    fisher = (gradients(model, variant, calib, ctx, residency, work, set(settings))
+              if variant.weighting == "fisher" else None)
     fisher_seconds = time.perf_counter() - t0
     handler = SensitivityHandler(settings, variant, key, fisher, calib.input_ids.shape[1])
     result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency)
