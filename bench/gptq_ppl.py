@@ -28,7 +28,7 @@ sys.path.append(str(ROOT / "bench"))  # appended: bench/kernels.py must not shad
 from gptq_cpu import CACHE, CALIB_CORPUS, EVAL_CORPUS  # noqa: E402
 
 
-def variant_for(name: str):
+def variant_for(name: str, solver: dict):
     from llmquant.quantize.gptq.config import GPTQVariant
     from llmquant.quantize.rtn.config import RTNVariant
 
@@ -39,7 +39,7 @@ def variant_for(name: str):
     if kind == "rtn":
         return RTNVariant(name=name, method="rtn", bits=bits, group_size=gs)
     return GPTQVariant(name=name, method="gptq", bits=bits, group_size=gs,
-                       act_group_aware=kind != "gptq-plain", desc_act=kind == "gptq-act")
+                       act_group_aware=kind != "gptq-plain", desc_act=kind == "gptq-act", **solver)
 
 
 def main() -> None:
@@ -49,6 +49,8 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=128)
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--out", type=Path, default=CACHE / "ppl")
+    p.add_argument("--grid", default="minmax", help="GPTQ grid: minmax or mse")
+    p.add_argument("--precision", default="float32", help="GPTQ Hessians and solve: float32 or float64")
     a = p.parse_args()
 
     import torch
@@ -77,18 +79,20 @@ def main() -> None:
         elif name.startswith("path:"):  # a checkpoint made elsewhere (e.g. by bench/gptq_cpu.py)
             path, q_s = Path(name[5:]), 0.0
         else:
-            v = variant_for(name)
+            v = variant_for(name, {"grid": a.grid, "precision": a.precision})
             model = load_hf_model(base, "float32", "cpu")
             path = a.out / name
             path.mkdir(parents=True, exist_ok=True)
-            get_quantizer(v.method).quantize(model, v, calib, path, QuantizeContext(device="cpu", tokenizer=tok))
+            res = get_quantizer(v.method).quantize(model, v, calib, path, QuantizeContext(device="cpu", tokenizer=tok))
+            (a.out / f"{name}.report.json").write_text(json.dumps(res.layers, indent=1))
             del model
             q_s = time.perf_counter() - t0
         model, _, _ = load_checkpoint(path, "float32", "cpu")
         with torch.no_grad():
             r = perplexity(model, ids, 512, a.eval_windows)
         print(json.dumps({"variant": name, "ppl": round(r.ppl, 4), "tokens_scored": r.tokens_scored,
-                          "quantize_s": round(q_s, 1), "threads": torch.get_num_threads()}), flush=True)
+                          "quantize_s": round(q_s, 1), "threads": torch.get_num_threads(),
+                          "grid": a.grid, "precision": a.precision}), flush=True)
 
 
 if __name__ == "__main__":

@@ -65,13 +65,20 @@ def calibration_of(recipe) -> mem.Calibration | None:
                            c.activation_budget_mb << 20)
 
 
-def options_of(variant, calib: mem.Calibration | None) -> mem.QuantizeOptions:
+def options_of(variant, calib: mem.Calibration | None, device: str = "cpu") -> mem.QuantizeOptions:
     chunk = getattr(variant, "max_chunk_memory_mb", 1024) << 20
     samples = getattr(variant, "search_samples", None)
     tokens = samples * calib.seqlen if (samples and calib) else None
     gradients = getattr(variant, "fisher_samples", 0) if getattr(variant, "weighting", None) == "fisher" else 0
     return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens,
-                               gradient_sequences=min(gradients, calib.n_samples) if calib else 0)
+                               gradient_sequences=min(gradients, calib.n_samples) if calib else 0,
+                               solve_bytes=_solve_bytes(getattr(variant, "precision", None), device))
+
+
+def _solve_bytes(precision: str | None, device: str) -> int:
+    from ..quantize.gptq.config import solve_dtype
+
+    return 4 if precision is None else solve_dtype(precision, device).itemsize
 
 
 def saved_dtype(variant, model: nn.Module) -> str:
@@ -92,7 +99,7 @@ def quantize_step(fp: Footprint, ckpt: int, variant, recipe, device: str, own_lo
     needs = METHODS[variant.method].needs_calibration
     calib = calibration_of(recipe) if needs else None
     method = "peer" if own_loader else variant.method
-    opts = options_of(variant, calib)
+    opts = options_of(variant, calib, device)
     on_gpu = device.startswith("cuda")
     terms = mem.quantize_host(fp, method, calib, opts, on_gpu=on_gpu, save_bytes=save_bytes(variant))
     step = Step(f"quantize {variant.name}", mem.total(terms), disk=ckpt + mem.spill_bytes(fp, calib), terms=terms)

@@ -11,7 +11,7 @@ Quantizing (llmquant's own methods; one block resident, quantize/lazy.py):
   at most `calibration.activation_budget_mb` (the rest spill to the run's work dir: disk);
 - the method's working set (WORKING_SETS, one entry per method):
   rtn: the weight being rounded and its dequantized copy;
-  gptq: one Hessian per distinct input (in^2 float32), two more of the largest for the solve
+  gptq: one Hessian per distinct input (in^2, float32 or float64), two more of the largest for the solve
   (Cholesky and inverse), and the staged loop's parked batches (every Linear's outputs plus four
   hidden-wide tensors per token, within the activation budget; quantize/activations.py);
   awq: the float32 copy of the block's original weights, the inputs recorded for the search (every
@@ -78,6 +78,7 @@ class QuantizeOptions:
     max_chunk_bytes: int = 1024 << 20  # AWQ's max_chunk_memory_mb
     search_tokens: int | None = None  # AWQ: tokens recorded for the search (None: every token)
     gradient_sequences: int = 0  # mixed, weighting fisher: sequences of the streamed backward pass
+    solve_bytes: int = 4  # GPTQ's Hessians and solve: 4 (float32) or 8 (precision float64)
 
 
 def total(terms: Terms) -> int:
@@ -103,7 +104,8 @@ def gptq_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOptions
     widths = fp.distinct_inputs()
     largest = max(widths, default=0)
     parked_width = sum(lin.out_features for lin in fp.linears) + 4 * fp.hidden
-    return {"Hessians": sum(w * w * 4 for w in widths), "solve (Cholesky, inverse)": 2 * largest * largest * 4,
+    b = opts.solve_bytes
+    return {"Hessians": sum(w * w * b for w in widths), "solve (Cholesky, inverse)": 2 * largest * largest * b,
             "parked batches": calib.within_budget(calib.tokens * parked_width * calib.activation_bytes)}
 
 

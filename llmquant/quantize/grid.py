@@ -38,8 +38,13 @@ def grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
     zero - 1 in `bits` bits: a zero of 0 cannot be written (GPTQModel's "v2" exists for it).
     Returns (scale, zero) as float32 tensors of shape [rows].
     """
-    w = w.float()
-    maxq = max_q(bits)
+    xmin, xmax = _grid_range(w.float(), sym)
+    return _range_grid(xmin, xmax, bits, sym)
+
+
+def _grid_range(w: Tensor, sym: bool) -> tuple[Tensor, Tensor]:
+    """Each row's (xmin, xmax), GPTQ-reference style: containing 0, centred when symmetric, and
+    (-1, 1) for an all-zero row."""
     zeros_ = torch.zeros(w.shape[0], device=w.device)
     xmin = torch.minimum(w.min(dim=1).values, zeros_)
     xmax = torch.maximum(w.max(dim=1).values, zeros_)
@@ -51,6 +56,12 @@ def grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
     dead = (xmin == 0) & (xmax == 0)
     xmin = torch.where(dead, torch.full_like(xmin, -1.0), xmin)
     xmax = torch.where(dead, torch.full_like(xmax, 1.0), xmax)
+    return xmin, xmax
+
+
+def _range_grid(xmin: Tensor, xmax: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+    """(scale, zero) of the grid spanning [xmin, xmax] (which contains 0), as GPTQ v1 stores it."""
+    maxq = max_q(bits)
     if sym:
         scale = (xmax - xmin) / maxq
         zero = torch.full_like(scale, (maxq + 1) / 2)
@@ -64,6 +75,40 @@ def grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
     scale = scale.half().float()
     scale = torch.where(scale == 0, torch.full_like(scale, FP16_TINY), scale)
     return scale, zero
+
+
+# The GPTQ reference's MSE grid search (its Quantizer with mse=True): shrink factors 1, 0.99, ..., 0.21
+MSE_NORM, MSE_STEPS, MSE_MAX_SHRINK = 2.4, 100, 0.8
+
+
+def mse_grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+    """grid_params' grid shrunk towards 0 by the factor (1, 0.99, ..., 0.21) that minimises each
+    row's Σ|w - ŵ|^2.4 (the GPTQ reference's `mse` option): clipping a few outliers buys a finer
+    step for the rest. The unshrunk grid is the first candidate, so the error never grows."""
+    w = w.float()
+    xmin, xmax = _grid_range(w, sym)
+    best_s, best_z = _range_grid(xmin, xmax, bits, sym)
+    best = _grid_error(w, best_s, best_z, bits)
+    for i in range(1, int(MSE_MAX_SHRINK * MSE_STEPS)):
+        p = 1 - i / MSE_STEPS
+        s, z = _range_grid(p * xmin, p * xmax, bits, sym)
+        err = _grid_error(w, s, z, bits)
+        better = err < best
+        best = torch.where(better, err, best)
+        best_s = torch.where(better, s, best_s)
+        best_z = torch.where(better, z, best_z)
+    return best_s, best_z
+
+
+def _grid_error(w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
+    return (fake_quantize(w, scale, zero, bits) - w).abs_().pow_(MSE_NORM).sum(dim=1)
+
+
+# how a GPTQ/RTN group's grid is chosen (the recipe's `grid`)
+GRIDS: dict[str, Callable[[Tensor, int, bool], tuple[Tensor, Tensor]]] = {
+    "minmax": grid_params,
+    "mse": mse_grid_params,
+}
 
 
 def awq_grid_params(wg: Tensor, bits: int, zero_point: bool) -> tuple[Tensor, Tensor]:

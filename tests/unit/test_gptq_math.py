@@ -14,6 +14,8 @@ from llmquant.quantize.gptq.gptq_math import (
 from llmquant.quantize.metrics import output_error
 from llmquant.quantize.grid import dequantize_groups, grid_params, group_index, quantize_rtn
 
+from test_grid import reference_mse_grid
+
 
 def correlated_inputs(n: int, d: int, seed: int = 0, rank: int = 6) -> torch.Tensor:
     """Inputs dominated by a few shared directions (as real activations are), plus noise and
@@ -26,7 +28,7 @@ def correlated_inputs(n: int, d: int, seed: int = 0, rank: int = 6) -> torch.Ten
     return x
 
 
-def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False, gar=False):
+def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False, gar=False, grid=grid_params):
     """Optimal Brain Quantization one column at a time, the way the paper derives it: an explicit
     inverse Hessian, the OBS update of the remaining weights, then Gaussian elimination of the
     quantized column from H⁻¹ — no Cholesky factor, no blocks, float64 throughout."""
@@ -51,7 +53,7 @@ def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False, gar=
     fixed = {}
     if gs == n or static:
         for g in range(n // gs):
-            fixed[g] = grid_params(W[:, g * gs:(g + 1) * gs], bits, sym)
+            fixed[g] = grid(W[:, g * gs:(g + 1) * gs], bits, sym)
     Q = torch.zeros_like(W)
     g_idx = [0] * n
     params = {}
@@ -62,7 +64,7 @@ def reference_gptq(W, H, bits, gs, sym, damp, desc_act=False, static=False, gar=
         else:
             g = col // gs if gar else k // gs
             if k % gs == 0:  # the group's grid, from the current (updated) weights of its columns
-                params[g] = grid_params(W[:, order[k:k + gs]], bits, sym)
+                params[g] = grid(W[:, order[k:k + gs]], bits, sym)
             s, z = params[g]
         g_idx[col] = g
         s, z = s.double(), z.double()
@@ -85,6 +87,8 @@ CASES = [
     dict(bits=3, gs=32, sym=True, static=True),
     dict(bits=4, gs=16, sym=False, gar=True),
     dict(bits=3, gs=16, sym=True, gar=True, static=True),
+    dict(bits=3, gs=16, sym=True, gar=True, grid="mse"),
+    dict(bits=2, gs=32, sym=False, static=True, grid="mse"),
 ]
 
 
@@ -99,10 +103,11 @@ def test_blocked_solution_equals_unblocked_reference(case, block):
     H[5, :] = 0
     H[:, 5] = 0  # a dead input
     ref_Q, ref_g = reference_gptq(W, H, case["bits"], case["gs"], case["sym"], 0.01,
-                                  case.get("desc_act", False), case.get("static", False), case.get("gar", False))
+                                  case.get("desc_act", False), case.get("static", False), case.get("gar", False),
+                                  reference_mse_grid if case.get("grid") == "mse" else grid_params)
     out = gptq_quantize(W, H, case["bits"], case["gs"], case["sym"], desc_act=case.get("desc_act", False),
                         static_groups=case.get("static", False), act_group_aware=case.get("gar", False),
-                        damp_percent=0.01, block_size=block)
+                        damp_percent=0.01, block_size=block, grid=case.get("grid", "minmax"))
     assert out.dead_columns == 1
     assert out.weight.g_idx.tolist() == ref_g.tolist()
     torch.testing.assert_close(out.weight.dequantize().double(), ref_Q, rtol=0, atol=1e-9)
@@ -130,6 +135,23 @@ def test_hessian_running_average_matches_direct_formula():
     torch.testing.assert_close(H, 2 * flat.T @ flat / 10)
     H2, n2 = accumulate_hessian(None, 0, flat.float())
     assert n2 == 1 and H2.dtype == torch.float32
+
+
+def test_float64_hessian_from_float32_inputs_in_chunks(monkeypatch):
+    import llmquant.quantize.gptq.gptq_math as gm
+
+    monkeypatch.setattr(gm, "HESSIAN_CHUNK_BYTES", 12 * 8 * 5)  # 5 rows of 12 float64 at a time
+    x = torch.randn(6, 7, 12)
+    H, n = accumulate_hessian(None, 0, x[:2], torch.float64)
+    H, n = accumulate_hessian(H, n, x[2:])
+    assert n == 6 and H.dtype == torch.float64
+    flat = x.double().reshape(-1, 12)
+    torch.testing.assert_close(H, 2 * flat.T @ flat / 6, rtol=1e-14, atol=1e-14)
+    # a float64 Hessian makes the solve float64, even for float32 weights
+    W = torch.randn(8, 12)
+    out64 = gptq_quantize(W, H, 4, -1, True)
+    ref_Q, _ = reference_gptq(W, H, 4, -1, True, 0.01)
+    torch.testing.assert_close(out64.weight.dequantize().double(), ref_Q, rtol=0, atol=1e-6)
 
 
 def test_gptq_output_error_below_rtn_on_correlated_inputs():

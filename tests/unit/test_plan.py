@@ -51,7 +51,9 @@ def step(plan, name):
 
 
 def test_llama2_7b_footprint_and_gptq_checkpoint_by_hand(tmp_path):
-    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[{name: g, method: gptq, bits: 4, group_size: 128}]")
+    # float32 Hessians: the precision the 5.82 GiB below was measured at
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B),
+               "[{name: g, method: gptq, bits: 4, group_size: 128, precision: float32}]")
     plan = plan_for(r, BOX_24)
     fp = plan.footprint
     assert fp.total_params == 6_738_415_616  # Llama-2-7B's published parameter count
@@ -76,6 +78,22 @@ def test_llama2_7b_footprint_and_gptq_checkpoint_by_hand(tmp_path):
     # the figure measured for this shape (bench/results/scale-2026-12-03.md: 5.82 GiB) within 10 %
     assert abs(step(plan, "quantize g").host / (5.82 * GiB) - 1) < 0.10
     assert step(plan, "quantize g").problem is None and step(plan, "evaluate g").problem is None
+
+
+def test_float64_gptq_doubles_the_hessian_terms_on_7b_shapes(tmp_path):
+    """precision auto is float64 on a CPU (the same checkpoint on any thread count)."""
+    d = config_dir(tmp_path, LLAMA2_7B)
+    for precision in ("float64", "auto"):
+        r = recipe(tmp_path, d, f"[{{name: g, method: gptq, bits: 3, group_size: 64, precision: {precision}}}]")
+        terms = step(plan_for(r, BOX_24), "quantize g").terms
+        assert terms["Hessians"] == (3 * 4096 ** 2 + 11008 ** 2) * 8
+        assert terms["solve (Cholesky, inverse)"] == 2 * 11008 ** 2 * 8
+        assert step(plan_for(r, BOX_24), "quantize g").problem is None  # 3.3 GiB of Hessians and solve fit
+    from llmquant.plan.build import calibration_of, options_of
+
+    variant = r.variants[0]
+    assert options_of(variant, calibration_of(r), "cuda:0").solve_bytes == 4  # auto on a GPU: float32
+    assert options_of(variant, calibration_of(r), "cpu").solve_bytes == 8
 
 
 def test_activation_budget_bounds_the_gptq_estimate(tmp_path):
@@ -295,6 +313,6 @@ def test_mixed_plans_the_gradient_pass_on_7b_shapes(tmp_path):
     # 16 sequences x 512 tokens x 4096 x 4 bytes, kept for each of the 32 blocks (4 GiB: within the budget)
     assert terms["gradient pass: kept block inputs"] == 16 * 512 * 4096 * 4 * 32
     assert terms["gradient pass: gradients, logits"] == 16 * 512 * 4096 * 4 + 3 * 512 * 32000 * 4
-    assert terms["Hessians"] == (3 * 4096 ** 2 + 11008 ** 2) * 4  # the sensitivity pass: GPTQ's Hessians
+    assert terms["Hessians"] == (3 * 4096 ** 2 + 11008 ** 2) * 8  # the sensitivity pass: GPTQ's Hessians (float64)
     assert "gradient pass: kept block inputs" not in step(plan, "quantize o").terms
     assert step(plan, "quantize m").problem is None  # fits the 24 GB box

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import torch
 from pydantic import Field
 
 from ...peers import METHOD_BACKENDS
@@ -22,9 +23,23 @@ class GPTQSolverOptions(Strict):
     damp_percent: float = Field(0.01, gt=0, le=1, description="damping, as a fraction of the mean Hessian diagonal")
     true_sequential: bool = Field(True, description="later linears of a block calibrate on the quantized earlier ones")
     block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
+    grid: Literal["minmax", "mse"] = Field(
+        "minmax", description="each group's grid: min..max, or mse (shrunk to the factor minimising "
+                              "Σ|w-ŵ|^2.4, the GPTQ reference's option; clips outliers)")
+    precision: Literal["auto", "float32", "float64"] = Field(
+        "auto", description="arithmetic of the Hessians and the solve: float64 gives the same checkpoint on any "
+                            "thread count (docs/methods.md), at ~1.3x the time and 2x the Hessian memory; auto: "
+                            "float64 on a CPU, float32 on a GPU (consumer GPUs run float64 at 1/64 the rate)")
 
 
 SOLVER_FIELDS = tuple(GPTQSolverOptions.model_fields)
+
+
+def solve_dtype(precision: str, device: str) -> torch.dtype:
+    """The dtype of GPTQ's Hessians and solve for a variant's `precision` on `device`."""
+    if precision == "auto":
+        return torch.float32 if str(device).startswith("cuda") else torch.float64
+    return getattr(torch, precision)
 
 
 class GPTQVariant(PeerBackedVariant, GPTQSolverOptions):

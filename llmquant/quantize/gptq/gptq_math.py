@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from ...formats.intweight import IntWeight
-from ..grid import grid_params, max_q
+from ..grid import GRIDS, max_q
 from ..metrics import output_error
 
 
@@ -53,21 +53,33 @@ class GPTQOutput:
     dead_columns: int
 
 
-def accumulate_hessian(H: Tensor | None, n_samples: int, x: Tensor) -> tuple[Tensor, int]:
+HESSIAN_CHUNK_BYTES = 64 << 20  # float64 accumulation converts X to float64 this many bytes at a time
+
+
+def accumulate_hessian(H: Tensor | None, n_samples: int, x: Tensor,
+                       dtype: torch.dtype | None = None) -> tuple[Tensor, int]:
     """Fold the inputs `x` ([batch, seq, in] or [tokens, in]) into the running average H.
 
     H_new = H * n / (n + b) + 2 / (n + b) * XᵀX, where b is the number of samples in `x`
     (a 2-D input counts as one), exactly the reference's running average, computed with one
-    fp32 matrix product and no scaled copy of X. Returns (H, n + b); H is updated in place.
+    matrix product and no scaled copy of X. Returns (H, n + b); H is updated in place.
+    H's dtype: H's own, else `dtype`, else x's (float32 for lower precisions). In float64 the
+    product runs on float64 copies of X, HESSIAN_CHUNK_BYTES at a time.
     """
     b = x.shape[0] if x.dim() > 2 else 1
     x2 = x.reshape(-1, x.shape[-1])
-    if x2.dtype != torch.float32 and x2.dtype != torch.float64:
-        x2 = x2.float()
     if H is None:
-        H = torch.zeros(x2.shape[1], x2.shape[1], dtype=x2.dtype, device=x2.device)
+        dt = dtype or (x2.dtype if x2.dtype in (torch.float32, torch.float64) else torch.float32)
+        H = torch.zeros(x2.shape[1], x2.shape[1], dtype=dt, device=x2.device)
     total = n_samples + b
-    H.addmm_(x2.t(), x2, beta=n_samples / total, alpha=2.0 / total)
+    if x2.dtype == H.dtype:
+        H.addmm_(x2.t(), x2, beta=n_samples / total, alpha=2.0 / total)
+        return H, total
+    rows = max(1, HESSIAN_CHUNK_BYTES // (x2.shape[1] * H.element_size()))
+    H.mul_(n_samples / total)
+    for r in range(0, x2.shape[0], rows):
+        c = x2[r:r + rows].to(H.dtype)
+        H.addmm_(c.t(), c, alpha=2.0 / total)
     return H, total
 
 
@@ -97,19 +109,24 @@ def _quantize_column(w: Tensor, scale: Tensor, zero: Tensor, maxq: int) -> tuple
 
 
 @contextmanager
-def _one_thread(device: torch.device) -> Iterator[None]:
-    """The column loop is thousands of tiny ops: on a CPU, splitting each over threads costs more
-    in synchronisation than it saves (and on a busy machine every op waits for a time slice:
-    measured 10x slower), so it runs on one thread and the thread count is restored after."""
-    n = torch.get_num_threads()
-    if device.type != "cpu" or n == 1:
+def _threads(device: torch.device, n: int) -> Iterator[None]:
+    """Run the body on `n` CPU threads, restoring the count after (nothing to do off the CPU)."""
+    before = torch.get_num_threads()
+    if device.type != "cpu" or n == before:
         yield
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
     try:
         yield
     finally:
-        torch.set_num_threads(n)
+        torch.set_num_threads(before)
+
+
+def _one_thread(device: torch.device):
+    """The column loop is thousands of tiny ops: on a CPU, splitting each over threads costs more
+    in synchronisation than it saves (and on a busy machine every op waits for a time slice:
+    measured 10x slower), so it runs on one thread and the thread count is restored after."""
+    return _threads(device, 1)
 
 
 def effective_block(block_size: int, group_size: int | None, columns: int) -> int:
@@ -135,26 +152,29 @@ def group_aware_order(diag: Tensor, group_size: int) -> Tensor:
 
 def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *, desc_act: bool = False,
                   static_groups: bool = False, act_group_aware: bool = False, damp_percent: float = 0.01,
-                  block_size: int = 128, factors: dict | None = None) -> GPTQOutput:
+                  block_size: int = 128, factors: dict | None = None, grid: str = "minmax") -> GPTQOutput:
     """Quantize W [out, in] with the Hessian H [in, in] of its inputs.
 
-    Works in float64 when W is float64 (used by tests), else float32. Raises
+    Works in float64 when W or H is float64, else float32. Raises
     NotPositiveDefinite when damping is not enough; the caller decides how to retry.
     `factors`: a dict the caller keeps across calls with the *same* W and H (e.g. one layer at
     several bits and group sizes): the Cholesky factor of H⁻¹ is computed once per column order
     and damping and reused from it (the most expensive step at 4096+ columns; same result).
+    `grid`: how each group's grid is chosen (grid.GRIDS: "minmax", or "mse" with clipping).
     """
     out_f, in_f = W.shape
     gs = in_f if group_size == -1 else group_size
     if in_f % gs:
         raise ValueError(f"group size {gs} does not divide in_features {in_f}")
     n_groups = in_f // gs
-    dtype = torch.float64 if W.dtype == torch.float64 else torch.float32
+    dtype = torch.float64 if torch.float64 in (W.dtype, H.dtype) else torch.float32
     W_orig = W.to(dtype)
     H_orig = H.to(dtype)
     H = H_orig.clone()
     Wt = W_orig.t().contiguous()  # [in, out]: column i of W is the contiguous row i of Wt
     maxq = max_q(bits)
+    grid_of = GRIDS[grid]
+    grid_threads = 1 if grid == "minmax" else torch.get_num_threads()  # min/max is cheap
 
     dead = torch.diagonal(H) == 0
     n_dead = int(dead.sum())
@@ -166,7 +186,7 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
     fixed_scale = fixed_zero = None
     if group_size == -1 or static_groups:
         grouped = Wt.reshape(n_groups, gs, out_f).permute(0, 2, 1).reshape(n_groups * out_f, gs)
-        s, z = grid_params(grouped, bits, sym)
+        s, z = GRIDS[grid](grouped, bits, sym)
         fixed_scale = s.reshape(n_groups, out_f).to(dtype)
         fixed_zero = z.reshape(n_groups, out_f).to(dtype)
 
@@ -218,7 +238,8 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
                 j = i1 + i
                 g = group_list[j]
                 if dynamic and j % gs == 0:
-                    s, z = grid_params(W1[i:i + gs].t(), bits, sym)
+                    with _threads(W.device, grid_threads):  # a search is worth the threads
+                        s, z = grid_of(W1[i:i + gs].t(), bits, sym)
                     scales[g] = s.to(dtype)
                     zeros[g] = z.to(dtype)
                 if g != last_g:

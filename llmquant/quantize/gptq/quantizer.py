@@ -14,7 +14,7 @@ from ...errors import UserError
 from ...formats import gptq_v1
 from ...formats.checkpoint import save_dtype
 from ...formats.intweight import IntWeight
-from .config import GPTQVariant
+from .config import GPTQVariant, solve_dtype
 from ...runs import content_hash
 from .. import checkpoint_format
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
@@ -56,7 +56,8 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
         try:
             out = gptq_quantize(W, H, s.bits, s.group_size, s.sym, desc_act=variant.desc_act,
                                 static_groups=variant.static_groups, act_group_aware=variant.act_group_aware,
-                                damp_percent=damp, block_size=variant.block_size, factors=factors)
+                                damp_percent=damp, block_size=variant.block_size, factors=factors,
+                                grid=variant.grid)
             return out, damp
         except NotPositiveDefinite as e:
             if damp >= MAX_DAMP:
@@ -76,8 +77,10 @@ def _unpack(tensors: dict[str, Tensor]) -> IntWeight:
 class GPTQHandler:
     """The GPTQ side of the sequential loop: Hessians per input group, then a solve per Linear."""
 
-    def __init__(self, model: nn.Module, variant: GPTQVariant, settings: dict[str, LayerSettings], state_key: str):
+    def __init__(self, model: nn.Module, variant: GPTQVariant, settings: dict[str, LayerSettings], state_key: str,
+                 dtype: torch.dtype = torch.float32):
         self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
+        self.dtype = dtype  # of the Hessians, hence of the solve (solve_dtype)
         # solved layers, packed right away (GPTQ v1 tensors): 8x smaller than int32 integers
         self.layers: dict[str, dict[str, Tensor]] = {}
         self._stats: dict[tuple[str, ...], list] = {}  # group names -> [H, n_samples, seconds]
@@ -100,7 +103,7 @@ class GPTQHandler:
     def observe(self, group: InputGroup, x: Tensor) -> None:
         t0 = time.perf_counter()
         st = self._stats.setdefault(group.names, [None, 0, 0.0])
-        st[0], st[1] = accumulate_hessian(st[0], st[1], x)
+        st[0], st[1] = accumulate_hessian(st[0], st[1], x, self.dtype)
         st[2] += time.perf_counter() - t0
 
     def solve(self, group: InputGroup) -> None:
@@ -174,7 +177,7 @@ class GPTQQuantizer:
         key = content_hash({"method": self.method, "version": self.version, "calibration": calib.key,
                             "variant": variant.model_dump(mode="json", exclude={"name", "save_dtype"}),
                             "batch_size": bs, "device": str(ctx.device)})
-        handler = GPTQHandler(model, variant, settings, key)
+        handler = GPTQHandler(model, variant, settings, key, solve_dtype(variant.precision, ctx.device))
         head = "lm_head" in settings
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=variant.true_sequential,
                                  work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ...runs import atomic_write_bytes, atomic_write_json, content_hash, read_json
 from ..base import CalibrationSet, QuantizeContext
 from ..blockrun import BlockResult, BlockRun, InputGroup
-from ..gptq.config import SOLVER_FIELDS
+from ..gptq.config import SOLVER_FIELDS, solve_dtype
 from ..gptq.gptq_math import accumulate_hessian
 from ..gptq.quantizer import solve_layer
 from ..grid import dequantize_groups, group_index, quantize_rtn
@@ -106,9 +106,10 @@ class SensitivityHandler:
     Linear solved from them and scored; the model's weights are never changed."""
 
     def __init__(self, settings: dict[str, tuple[tuple[int, int], ...]], variant: MixedVariant, state_key: str,
-                 fisher: dict[str, Tensor] | None = None, seqlen: int = 1):
+                 fisher: dict[str, Tensor] | None = None, seqlen: int = 1, dtype: torch.dtype = torch.float32):
         self.settings, self.variant, self.state_key = settings, variant, state_key
         self.fisher, self.seqlen = fisher, seqlen
+        self.dtype = dtype  # of the Hessians and the solves (gptq.config.solve_dtype)
         self._stats: dict[tuple[str, ...], list] = {}
         self._rows: list[dict] = []
         self._run: BlockRun | None = None
@@ -122,7 +123,7 @@ class SensitivityHandler:
 
     def observe(self, group: InputGroup, x: Tensor) -> None:
         st = self._stats.setdefault(group.names, [None, 0])
-        st[0], st[1] = accumulate_hessian(st[0], st[1], x)
+        st[0], st[1] = accumulate_hessian(st[0], st[1], x, self.dtype)
 
     def solve(self, group: InputGroup) -> None:
         H, _ = self._stats.pop(group.names, [None, 0])
@@ -229,7 +230,8 @@ def sensitivity(model: nn.Module, variant: MixedVariant, calib: CalibrationSet, 
     fisher = (gradients(model, variant, calib, ctx, residency, work, set(settings))
               if variant.weighting == "fisher" else None)
     fisher_seconds = time.perf_counter() - t0
-    handler = SensitivityHandler(settings, variant, key, fisher, calib.input_ids.shape[1])
+    handler = SensitivityHandler(settings, variant, key, fisher, calib.input_ids.shape[1],
+                                 solve_dtype(variant.precision, ctx.device))
     result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency)
     table = {"key": key, "model": ctx.model_key, "calibration": calib.key, "estimate": variant.estimate,
              "weighting": variant.weighting, "cost": WEIGHTINGS[variant.weighting][1],
