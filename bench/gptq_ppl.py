@@ -49,8 +49,8 @@ def main() -> None:
     p.add_argument("--n-samples", type=int, default=128)
     p.add_argument("--eval-windows", type=int, default=64)
     p.add_argument("--out", type=Path, default=CACHE / "ppl")
-    p.add_argument("--grid", default="minmax", help="GPTQ grid: minmax or mse")
-    p.add_argument("--precision", default="float32", help="GPTQ Hessians and solve: float32 or float64")
+    p.add_argument("--grid", help="GPTQ grid: mse or minmax (default: the variant's, mse)")
+    p.add_argument("--precision", help="GPTQ Hessians and solve: float32 or float64 (default: auto, float64 on a CPU)")
     a = p.parse_args()
 
     import torch
@@ -79,7 +79,7 @@ def main() -> None:
         elif name.startswith("path:"):  # a checkpoint made elsewhere (e.g. by bench/gptq_cpu.py)
             path, q_s = Path(name[5:]), 0.0
         else:
-            v = variant_for(name, {"grid": a.grid, "precision": a.precision})
+            v = variant_for(name, {k: v for k, v in (("grid", a.grid), ("precision", a.precision)) if v})
             model = load_hf_model(base, "float32", "cpu")
             path = a.out / name
             path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def main() -> None:
             r = perplexity(model, ids, 512, a.eval_windows)
         print(json.dumps({"variant": name, "ppl": round(r.ppl, 4), "tokens_scored": r.tokens_scored,
                           "quantize_s": round(q_s, 1), "threads": torch.get_num_threads(),
-                          "grid": a.grid, "precision": a.precision}), flush=True)
+                          "grid": a.grid or "default", "precision": a.precision or "default"}), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""What `precision: float64` costs GPTQ at Llama-2-7B's layer shapes: the Hessian accumulation and
-the solve (Cholesky factor + column loop) of one Linear, float32 against float64, in one process.
+"""What `precision: float64` and `grid: mse` cost GPTQ at Llama-2-7B's layer shapes: the Hessian
+accumulation and the solve (Cholesky factor + column loop) of one Linear, float32 minmax (the old
+default) against float64 minmax and float64 mse, in one process.
 
     PYTHONPATH=. python bench/gptq_precision.py                                 # q_proj- and down_proj-shaped
     PYTHONPATH=. python bench/gptq_precision.py --shapes 4096x4096 --tokens 8192 --out bench/results/x.md
@@ -45,28 +46,28 @@ def main() -> None:
     ap.add_argument("--out")
     a = ap.parse_args()
 
-    lines = header("GPTQ float32 vs float64 at 7B layer shapes",
+    lines = header("GPTQ precision and grid at 7B layer shapes",
                    "PYTHONPATH=. python bench/gptq_precision.py " + " ".join(sys.argv[1:]))
     lines += [f"torch threads {torch.get_num_threads()}; {a.tokens} calibration tokens in batches of 2048; "
               f"W{a.bits} g{a.group_size}, group-aware reordering; random weights and inputs", "",
-              "| shape out x in | precision | Hessian s | solve s | total s | total vs float32 |",
+              "| shape out x in | precision, grid | Hessian s | solve s | total s | total vs float32 minmax |",
               "|---|---|---|---|---|---|"]
     for shape in a.shapes:
         out_f, in_f = (int(v) for v in shape.split("x"))
         W = torch.randn(out_f, in_f, generator=torch.Generator().manual_seed(1)) * 0.02
         X = inputs(a.tokens, in_f, 2)
         base = None
-        for dtype in (torch.float32, torch.float64):
+        for dtype, grid in ((torch.float32, "minmax"), (torch.float64, "minmax"), (torch.float64, "mse")):
             t0 = time.perf_counter()
             H, n = None, 0
             for r in range(0, a.tokens, 2048):
                 H, n = accumulate_hessian(H, n, X[r:r + 2048][None], dtype)
             t1 = time.perf_counter()
-            gptq_quantize(W, H, a.bits, a.group_size, True, act_group_aware=True)
+            gptq_quantize(W, H, a.bits, a.group_size, True, act_group_aware=True, grid=grid)
             t2 = time.perf_counter()
             total = t2 - t0
             base = base or total
-            name = str(dtype).removeprefix("torch.")
+            name = str(dtype).removeprefix("torch.") + " " + grid
             lines.append(f"| {out_f} x {in_f} | {name} | {t1 - t0:.1f} | {t2 - t1:.1f} | {total:.1f} | "
                          f"{total / base:.2f} |")
             print(lines[-1], flush=True)

@@ -59,6 +59,13 @@ AWQ_SEARCH_OPTIONS = ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_
                       "coarse_grid", "propagate")
 """Our AWQ search settings no peer takes (each runs its own defaults)."""
 
+GPTQ_ARITHMETIC = {
+    "grid=mse": "the peer spans each group's min..max (its default); our MSE grid search is not passed",
+    "precision=auto": "the peer accumulates its Hessians and solves in float32",
+    "precision=float64": "the peer accumulates its Hessians and solves in float32",
+}
+"""Our GPTQ grid and arithmetic, which neither GPTQ peer takes."""
+
 BACKENDS: dict[str, PeerBackend] = {
     "gptqmodel": PeerBackend(
         name="gptqmodel", package="gptqmodel", worker="gptqmodel_worker.py",
@@ -67,7 +74,7 @@ BACKENDS: dict[str, PeerBackend] = {
         install=_venv_install("gptqmodel", "gptqmodel==7.6.0"),
         formats={"gptq": "gptq-v1", "awq": "awq-gemm"},
         ignores={
-            "gptq": {"block_size": "gptqmodel uses its own lazy-update block (speed only)"},
+            "gptq": {"block_size": "gptqmodel uses its own lazy-update block (speed only)", **GPTQ_ARITHMETIC},
             "awq": {**{k: "gptqmodel runs AutoAWQ's search with its defaults (n_grid 20, duo scaling, clipping)"
                         for k in AWQ_SEARCH_OPTIONS},
                     "calib_dtype": "gptqmodel's CPU AWQ packing kernel takes bf16/fp16 only: it calibrates in bf16",
@@ -92,6 +99,7 @@ BACKENDS: dict[str, PeerBackend] = {
                                  "for GPTQ, which is used instead",
                 "true_sequential=true": "llm-compressor calibrates all Linears of a block on the block's "
                                         "inputs before any of them is quantized",
+                **GPTQ_ARITHMETIC,
             },
             "awq": {**{k: "llm-compressor runs its AWQModifier with its defaults (n_grid 20, duo scaling)"
                        for k in (*AWQ_SEARCH_OPTIONS, "calib_dtype")},

@@ -75,6 +75,17 @@ def options_of(variant, calib: mem.Calibration | None, device: str = "cpu") -> m
                                solve_bytes=_solve_bytes(getattr(variant, "precision", None), device))
 
 
+def solver_options(variant, device: str) -> dict[str, str]:
+    """The GPTQ solver settings that change its time (plan.timing.SLOWER_OPTIONS), `auto` resolved."""
+    from ..quantize.gptq.config import solve_dtype
+
+    precision, grid = getattr(variant, "precision", None), getattr(variant, "grid", None)
+    out = {"grid": grid} if grid else {}
+    if precision:
+        out["precision"] = str(solve_dtype(precision, device)).removeprefix("torch.")
+    return out
+
+
 def _solve_bytes(precision: str | None, device: str) -> int:
     from ..quantize.gptq.config import solve_dtype
 
@@ -109,7 +120,7 @@ def quantize_step(fp: Footprint, ckpt: int, variant, recipe, device: str, own_lo
 
         info = cpu_info()
         t = quantize_seconds(variant.method, fp.block_params, fp.layers, calib.tokens if calib else 0, info.model,
-                             info.capability)
+                             info.capability, options=solver_options(variant, device))
         if t is not None:
             step.seconds, step.seconds_upper = t.seconds, t.upper
             step.note = f"time scaled from {t.source}" + (" (linearly in tokens: an upper bound)" if t.upper else "")

@@ -42,6 +42,20 @@ MEASURED: tuple[Measured, ...] = (
 )
 
 
+# The MEASURED GPTQ rows ran float32 Hessians and min/max grids. What the options added since cost on
+# top, measured on Llama-2-7B's down_proj (the slowest solve of a block; bench/results/gptq-w3-2026-12-07.md):
+# the block's forwards do not slow down, so for a whole block the product is at most this (`upper`).
+SLOWER_OPTIONS: dict[tuple[str, str], float] = {
+    ("precision", "float64"): 67.2 / 33.9,
+    ("grid", "mse"): 77.8 / 67.2,
+}
+
+
+def option_factor(options: dict[str, str]) -> float:
+    """How much slower a block runs with these solver settings than the MEASURED rows did."""
+    return math.prod(SLOWER_OPTIONS.get(kv, 1.0) for kv in options.items())
+
+
 @dataclass(frozen=True)
 class TimeEstimate:
     seconds: float
@@ -50,7 +64,9 @@ class TimeEstimate:
 
 
 def quantize_seconds(method: str, block_params: int, layers: int, tokens: int, cpu: str, capability: str,
-                     table: tuple[Measured, ...] = MEASURED) -> TimeEstimate | None:
+                     table: tuple[Measured, ...] = MEASURED, options: dict[str, str] | None = None
+                     ) -> TimeEstimate | None:
+    """`options`: the variant's solver settings that SLOWER_OPTIONS prices (resolved: no "auto")."""
     rows = [m for m in table if m.method == method and cpu.startswith(m.cpu) and m.capability == capability]
     if not rows:
         return None
@@ -58,7 +74,9 @@ def quantize_seconds(method: str, block_params: int, layers: int, tokens: int, c
     scale = block_params / row.block_params
     if row.tokens and tokens:
         scale *= tokens / row.tokens
-    return TimeEstimate(row.block_seconds * scale * layers, row.source, upper=bool(row.tokens) and tokens > row.tokens)
+    factor = option_factor(options or {})
+    upper = (bool(row.tokens) and tokens > row.tokens) or factor > 1
+    return TimeEstimate(row.block_seconds * scale * layers * factor, row.source, upper=upper)
 
 
 def duration(seconds: float, upper: bool = False) -> str:

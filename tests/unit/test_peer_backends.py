@@ -287,6 +287,17 @@ def test_awq_settings_a_peer_cannot_honour_are_named():
     assert "n_grid" in BACKENDS["llmcompressor"].ignored("awq", tuned)
 
 
+def test_gptq_grid_and_arithmetic_the_peers_do_not_take_are_named():
+    from llmquant.peers import BACKENDS
+    from llmquant.quantize.gptq.config import GPTQVariant
+
+    default = GPTQVariant(name="g", method="gptq", bits=3, backend="gptqmodel")  # grid mse, precision auto
+    assert set(BACKENDS["gptqmodel"].ignored("gptq", default)) == {"grid", "precision"}
+    assert "min..max" in BACKENDS["llmcompressor"].ignored("gptq", default)["grid"]
+    plain = GPTQVariant(name="g", method="gptq", bits=3, grid="minmax", precision="float32", backend="gptqmodel")
+    assert BACKENDS["gptqmodel"].ignored("gptq", plain) == {}
+
+
 def test_awq_by_a_fake_gptqmodel_ranks_next_to_ours(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch):
     """The gptqmodel worker's AWQ path end to end: bf16, the torch_awq packing backend on a CPU,
     an AWQ GEMM checkpoint read by our loader. The fake writes the asymmetric RTN grid, so it

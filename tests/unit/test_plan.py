@@ -280,6 +280,22 @@ def test_quantize_time_scales_a_measured_block():
     assert quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "Intel Xeon", "AVX512", table) is None
     assert quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX2", table) is None
     assert (duration(640.0), duration(2 * 3600, upper=True), duration(30)) == ("~11 min", "<=2.0 h", "~30 s")
+    # the rows ran float32 min/max GPTQ: float64 and MSE grids price in the solve's measured ratios
+    slow = quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX512", table,
+                            options={"precision": "float64", "grid": "mse"})
+    assert slow.seconds == pytest.approx(32 * 180.0 * 77.8 / 33.9) and slow.upper
+    plain = quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX512", table,
+                             options={"precision": "float32", "grid": "minmax"})
+    assert plain.seconds == 32 * 180.0 and not plain.upper
+
+
+def test_solver_options_resolve_auto_by_device():
+    from llmquant.plan.build import solver_options
+    from llmquant.quantize.gptq.config import GPTQVariant
+
+    v = GPTQVariant(name="g", method="gptq", bits=4)
+    assert solver_options(v, "cpu") == {"grid": "mse", "precision": "float64"}
+    assert solver_options(v, "cuda:0") == {"grid": "mse", "precision": "float32"}
 
 
 def test_tiny_config_by_hand(tmp_path):
