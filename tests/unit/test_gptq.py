@@ -15,7 +15,7 @@ from llmquant.quantize.base import QuantizeContext
 from llmquant.quantize.gptq.quantizer import GPTQQuantizer, solve_layer
 from llmquant.quantize.gptq.gptq_math import accumulate_hessian, gptq_quantize
 from llmquant.quantize.targets import LayerSettings
-from llmquant.quantize.gptq.config import GPTQVariant
+from llmquant.quantize.gptq.config import GPTQVariant, solve_dtype
 from tests.conftest import load_fp32
 
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
@@ -65,7 +65,7 @@ def reference_sequential(model, ids, variant, batch_size):
             Hs = {}
 
             def hook(module, args, name):
-                Hs[name] = accumulate_hessian(*Hs.get(name, (None, 0)), args[0])
+                Hs[name] = accumulate_hessian(*Hs.get(name, (None, 0)), args[0], solve_dtype(variant.precision, "cpu"))
 
             hs = [block.get_submodule(n).register_forward_pre_hook(lambda m, a, n=n: hook(m, a, n)) for n in group]
             with torch.no_grad():
@@ -76,7 +76,8 @@ def reference_sequential(model, ids, variant, batch_size):
             for n in group:
                 lin = block.get_submodule(n)
                 res = gptq_quantize(lin.weight.data, Hs[n][0], variant.bits, variant.group_size, variant.sym,
-                                    desc_act=variant.desc_act, act_group_aware=variant.act_group_aware)
+                                    desc_act=variant.desc_act, act_group_aware=variant.act_group_aware,
+                                    grid=variant.grid)
                 lin.weight.data = res.weight.dequantize()
                 out[f"model.layers.{i}.{n}"] = res.weight
         with torch.no_grad():

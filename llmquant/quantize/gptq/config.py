@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Literal
 
-import torch
 from pydantic import Field
 
 from ...peers import METHOD_BACKENDS
@@ -36,8 +35,10 @@ class GPTQSolverOptions(Strict):
 SOLVER_FIELDS = tuple(GPTQSolverOptions.model_fields)
 
 
-def solve_dtype(precision: str, device: str) -> torch.dtype:
-    """The dtype of GPTQ's Hessians and solve for a variant's `precision` on `device`."""
+def solve_dtype(precision: str, device: str):
+    """The torch dtype of GPTQ's Hessians and solve for a variant's `precision` on `device`."""
+    import torch  # not at import: recipes validate without torch
+
     if precision == "auto":
         return torch.float32 if str(device).startswith("cuda") else torch.float64
     return getattr(torch, precision)

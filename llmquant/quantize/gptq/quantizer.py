@@ -78,9 +78,9 @@ class GPTQHandler:
     """The GPTQ side of the sequential loop: Hessians per input group, then a solve per Linear."""
 
     def __init__(self, model: nn.Module, variant: GPTQVariant, settings: dict[str, LayerSettings], state_key: str,
-                 dtype: torch.dtype = torch.float32):
+                 device: str = "cpu"):
         self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
-        self.dtype = dtype  # of the Hessians, hence of the solve (solve_dtype)
+        self.dtype = solve_dtype(variant.precision, device)  # of the Hessians, hence of the solve
         # solved layers, packed right away (GPTQ v1 tensors): 8x smaller than int32 integers
         self.layers: dict[str, dict[str, Tensor]] = {}
         self._stats: dict[tuple[str, ...], list] = {}  # group names -> [H, n_samples, seconds]
@@ -177,7 +177,7 @@ class GPTQQuantizer:
         key = content_hash({"method": self.method, "version": self.version, "calibration": calib.key,
                             "variant": variant.model_dump(mode="json", exclude={"name", "save_dtype"}),
                             "batch_size": bs, "device": str(ctx.device)})
-        handler = GPTQHandler(model, variant, settings, key, solve_dtype(variant.precision, ctx.device))
+        handler = GPTQHandler(model, variant, settings, key, str(ctx.device))
         head = "lm_head" in settings
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=variant.true_sequential,
                                  work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",

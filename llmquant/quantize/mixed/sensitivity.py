@@ -106,10 +106,10 @@ class SensitivityHandler:
     Linear solved from them and scored; the model's weights are never changed."""
 
     def __init__(self, settings: dict[str, tuple[tuple[int, int], ...]], variant: MixedVariant, state_key: str,
-                 fisher: dict[str, Tensor] | None = None, seqlen: int = 1, dtype: torch.dtype = torch.float32):
+                 fisher: dict[str, Tensor] | None = None, seqlen: int = 1, device: str = "cpu"):
         self.settings, self.variant, self.state_key = settings, variant, state_key
         self.fisher, self.seqlen = fisher, seqlen
-        self.dtype = dtype  # of the Hessians and the solves (gptq.config.solve_dtype)
+        self.dtype = solve_dtype(variant.precision, device)  # of the Hessians, hence of the solves
         self._stats: dict[tuple[str, ...], list] = {}
         self._rows: list[dict] = []
         self._run: BlockRun | None = None
@@ -230,8 +230,7 @@ def sensitivity(model: nn.Module, variant: MixedVariant, calib: CalibrationSet, 
     fisher = (gradients(model, variant, calib, ctx, residency, work, set(settings))
               if variant.weighting == "fisher" else None)
     fisher_seconds = time.perf_counter() - t0
-    handler = SensitivityHandler(settings, variant, key, fisher, calib.input_ids.shape[1],
-                                 solve_dtype(variant.precision, ctx.device))
+    handler = SensitivityHandler(settings, variant, key, fisher, calib.input_ids.shape[1], str(ctx.device))
     result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency)
     table = {"key": key, "model": ctx.model_key, "calibration": calib.key, "estimate": variant.estimate,
              "weighting": variant.weighting, "cost": WEIGHTINGS[variant.weighting][1],
