@@ -104,7 +104,7 @@ def _grid_error(w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
     return (fake_quantize(w, scale, zero, bits) - w).abs_().pow_(MSE_NORM).sum(dim=1)
 
 
-# how a GPTQ/RTN group's grid is chosen (the recipe's `grid`)
+# how a GPTQ group's grid is chosen (the recipe's `grid`)
 GRIDS: dict[str, Callable[[Tensor, int, bool], tuple[Tensor, Tensor]]] = {
     "minmax": grid_params,
     "mse": mse_grid_params,

@@ -24,11 +24,12 @@ class GPTQSolverOptions(Strict):
     block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
     grid: Literal["minmax", "mse"] = Field(
         "mse", description="each group's grid: mse (shrunk to the factor minimising Σ|w-ŵ|^2.4, the GPTQ "
-                           "reference's option: W3 perplexity 0.68x on SmolLM2, ~1.7x the quantize time), or "
-                           "minmax (the group's range; gptqmodel's default)")
+                           "reference's option: W3 perplexity 0.68x on SmolLM2, at 1.8x its quantize time and "
+                           "1.2x the solve at 7B shapes), or minmax (the group's range; gptqmodel's default)")
     precision: Literal["auto", "float32", "float64"] = Field(
         "auto", description="arithmetic of the Hessians and the solve: float64 gives the same checkpoint on any "
-                            "thread count (docs/methods.md), at ~1.3x the time and 2x the Hessian memory; auto: "
+                            "thread count (docs/methods.md), at 1.3x (SmolLM2) to 2x (a 7B solve) the time and "
+                            "2x the Hessian memory; auto: "
                             "float64 on a CPU, float32 on a GPU (consumer GPUs run float64 at 1/64 the rate)")
 
 

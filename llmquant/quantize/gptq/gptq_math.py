@@ -186,7 +186,7 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
     fixed_scale = fixed_zero = None
     if group_size == -1 or static_groups:
         grouped = Wt.reshape(n_groups, gs, out_f).permute(0, 2, 1).reshape(n_groups * out_f, gs)
-        s, z = GRIDS[grid](grouped, bits, sym)
+        s, z = grid_of(grouped, bits, sym)
         fixed_scale = s.reshape(n_groups, out_f).to(dtype)
         fixed_zero = z.reshape(n_groups, out_f).to(dtype)
 
