@@ -25,13 +25,13 @@ def test_gptq_beats_rtn(gptq_run):
     ppl = {o.name: o.result.ppl for o in gptq_run.variants}
     assert ppl["gptq-w4-g64"] < ppl["rtn-w4-g64"]
     assert ppl["gptq-w3-g64"] < 0.8 * ppl["rtn-w3-g64"]
-    # gptqmodel 7.6 on the same protocol (PROTOCOLS.md): W4 g64 37.11, W3 g64 68.33. Ours,
-    # measured 2026-11-27 (group-aware reordering on, the default): W4 37.12 (2 threads) /
-    # 37.26 (1 thread); W3 77.41 (2 threads, CI) / 71.75 (1 thread). At 3 bits the rounding
-    # decisions cascade, so the thread count's float rounding moves the result by ~8 %; the
-    # bound is gptqmodel's number plus that spread, not a tuned pass mark.
+    # gptqmodel 7.6 on the same protocol (PROTOCOLS.md): W4 g64 37.11, W3 g64 68.33. Ours with
+    # the defaults (MSE grids, float64 solve on a CPU; bench/results/gptq-w3-2026-12-07.md):
+    # W4 36.13, W3 52.78 on an AVX-512 CPU, the same on any thread count. Another CPU's kernels
+    # make another, equally good solution: W3 moved 2.4 % under AVX2 dispatch and spans ~8 %
+    # over such draws, hence the margins. W3 must beat gptqmodel's number (issue 19's goal).
     assert ppl["gptq-w4-g64"] < 37.11 * 1.03
-    assert ppl["gptq-w3-g64"] < 68.33 * 1.20
+    assert ppl["gptq-w3-g64"] < 68.33
 
 
 def test_layer_report_and_checkpoint(gptq_run):
