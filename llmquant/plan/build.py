@@ -72,11 +72,11 @@ def options_of(variant, calib: mem.Calibration | None, device: str = "cpu") -> m
     gradients = getattr(variant, "fisher_samples", 0) if getattr(variant, "weighting", None) == "fisher" else 0
     return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens,
                                gradient_sequences=min(gradients, calib.n_samples) if calib else 0,
-                               solve_bytes=_solve_bytes(getattr(variant, "precision", None), device))
+                               solve_bytes=8 if solver_options(variant, device).get("precision") == "float64" else 4)
 
 
 def solver_options(variant, device: str) -> dict[str, str]:
-    """The GPTQ solver settings that change its time (plan.timing.SLOWER_OPTIONS), `auto` resolved."""
+    """The GPTQ solver settings that change its time (plan.timing.SLOWER_OPTIONS) and memory, `auto` resolved."""
     from ..quantize.gptq.config import solve_dtype
 
     precision, grid = getattr(variant, "precision", None), getattr(variant, "grid", None)
@@ -84,12 +84,6 @@ def solver_options(variant, device: str) -> dict[str, str]:
     if precision:
         out["precision"] = str(solve_dtype(precision, device)).removeprefix("torch.")
     return out
-
-
-def _solve_bytes(precision: str | None, device: str) -> int:
-    from ..quantize.gptq.config import solve_dtype
-
-    return 4 if precision is None else solve_dtype(precision, device).itemsize
 
 
 def saved_dtype(variant, model: nn.Module) -> str:
@@ -123,7 +117,8 @@ def quantize_step(fp: Footprint, ckpt: int, variant, recipe, device: str, own_lo
                              info.capability, options=solver_options(variant, device))
         if t is not None:
             step.seconds, step.seconds_upper = t.seconds, t.upper
-            step.note = f"time scaled from {t.source}" + (" (linearly in tokens: an upper bound)" if t.upper else "")
+            bounds = ["linearly in tokens"] * t.by_tokens + [f"x{t.factor:.2f} for the solver options"] * (t.factor > 1)
+            step.note = f"time scaled from {t.source}" + (f" ({', '.join(bounds)}: an upper bound)" if bounds else "")
     if on_gpu:
         step.device = mem.total(mem.quantize_device(fp, method, calib, opts))
     return step

@@ -60,7 +60,13 @@ def option_factor(options: dict[str, str]) -> float:
 class TimeEstimate:
     seconds: float
     source: str
-    upper: bool = False  # scaled up linearly in calibration tokens: at most this
+    by_tokens: bool = False  # scaled up linearly in calibration tokens (part of a block's time is not)
+    factor: float = 1.0  # the solver options' slowdown applied, measured on the slowest solve (option_factor)
+
+    @property
+    def upper(self) -> bool:
+        """The time is at most this."""
+        return self.by_tokens or self.factor > 1
 
 
 def quantize_seconds(method: str, block_params: int, layers: int, tokens: int, cpu: str, capability: str,
@@ -75,8 +81,8 @@ def quantize_seconds(method: str, block_params: int, layers: int, tokens: int, c
     if row.tokens and tokens:
         scale *= tokens / row.tokens
     factor = option_factor(options or {})
-    upper = (bool(row.tokens) and tokens > row.tokens) or factor > 1
-    return TimeEstimate(row.block_seconds * scale * layers * factor, row.source, upper=upper)
+    return TimeEstimate(row.block_seconds * scale * layers * factor, row.source,
+                        by_tokens=bool(row.tokens) and tokens > row.tokens, factor=factor)
 
 
 def duration(seconds: float, upper: bool = False) -> str:

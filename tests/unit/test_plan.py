@@ -284,6 +284,7 @@ def test_quantize_time_scales_a_measured_block():
     slow = quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX512", table,
                             options={"precision": "float64", "grid": "mse"})
     assert slow.seconds == pytest.approx(32 * 180.0 * 77.8 / 33.9) and slow.upper
+    assert slow.factor == pytest.approx(77.8 / 33.9) and not slow.by_tokens  # the plan's note names why
     plain = quantize_seconds("gptq", LLAMA7B_BLOCK, 32, 8192, "AMD EPYC", "AVX512", table,
                              options={"precision": "float32", "grid": "minmax"})
     assert plain.seconds == 32 * 180.0 and not plain.upper
