@@ -95,6 +95,8 @@ class SequentialOptions:
     #                              it is solved (the observing forward's; AutoAWQ's and llm-awq's
     #                              protocol), saving the second forward; False: on the solved block's
     #                              outputs
+    observe: bool = True  # unstaged: run the observing forward (False: the handler computes what it
+    #                       needs itself when it solves, e.g. SignRound's tuning; one forward fewer)
 
 
 @dataclass
@@ -249,6 +251,8 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
     bs = options.batch_size or default_batch_size(input_ids.shape[1])
     if options.float_outputs and options.staged:
         raise ValueError("float_outputs needs the unstaged loop (staged solves groups inside the forward)")
+    if not options.observe and (options.staged or options.float_outputs):
+        raise ValueError("observe=False needs the unstaged loop without float_outputs")
     float_outputs = options.float_outputs
     store = _StateStore(Path(options.work_dir) if options.work_dir else None, handler.state_key, len(blocks))
     done = store.done_prefix()
@@ -310,7 +314,8 @@ def run_sequential(model: nn.Module, input_ids: Tensor, handler: BlockHandler,
                 if options.staged:  # solves groups as it goes; inputs become outputs
                     runner.staged(parked_limit(options, block, inputs[0], len(inputs)))
                 else:
-                    runner.forward(observe=True, keep_outputs=float_outputs)
+                    if options.observe:
+                        runner.forward(observe=True, keep_outputs=float_outputs)
                     for g in run.groups:
                         if g.called:
                             handler.solve(g)

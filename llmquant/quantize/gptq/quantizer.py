@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +30,7 @@ from ..sequential import (
     BlockRun,
     InputGroup,
     SequentialOptions,
+    SequentialResult,
     default_batch_size,
     run_sequential,
 )
@@ -72,6 +74,24 @@ def solve_layer(name: str, W: Tensor, H: Tensor, s: LayerSettings, variant: GPTQ
 def _unpack(tensors: dict[str, Tensor]) -> IntWeight:
     bits = tensors["qweight"].shape[0] * 32 // tensors["g_idx"].numel()
     return gptq_v1.unpack_layer(tensors, bits)
+
+
+def block_state(layers: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
+    """A block's resume state: its Linears' packed GPTQ v1 tensors, as `{module}.{tensor}`."""
+    return {f"{n}.{leaf}": t for n, tensors in layers.items() for leaf, t in tensors.items()}
+
+
+def restore_packed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """block_state's inverse: each Linear of `state` gets its de-quantized weight back; returns the
+    packed tensors by module."""
+    layers = {}
+    for name in sorted({k.rsplit(".", 1)[0] for k in state}):
+        tensors = {leaf: state[f"{name}.{leaf}"] for leaf in ("qweight", "qzeros", "scales", "g_idx")}
+        module = model.get_submodule(name)
+        with torch.no_grad():
+            module.weight.copy_(_unpack(tensors).dequantize().to(module.weight.dtype))
+        layers[name] = tensors
+    return layers
 
 
 class GPTQHandler:
@@ -133,19 +153,47 @@ class GPTQHandler:
 
     def finish_block(self, run: BlockRun) -> BlockResult:
         self.layers.update(self._block)
-        state = {f"{n}.{leaf}": t for n, tensors in self._block.items() for leaf, t in tensors.items()}
-        return BlockResult(state, self._rows)
+        return BlockResult(block_state(self._block), self._rows)
 
     def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
-        for name in sorted({k.rsplit(".", 1)[0] for k in state}):
-            tensors = {leaf: state[f"{name}.{leaf}"] for leaf in ("qweight", "qzeros", "scales", "g_idx")}
-            module = self.model.get_submodule(name)
-            with torch.no_grad():
-                module.weight.copy_(_unpack(tensors).dequantize().to(module.weight.dtype))
-            self.layers[name] = tensors
+        self.layers.update(restore_packed(self.model, state))
 
     def int_weight(self, name: str) -> IntWeight:
         return _unpack(self.layers[name])
+
+
+def stream_solved(model: nn.Module, variant, targets: dict, handler, input_ids: Tensor, opts: SequentialOptions,
+                  out_dir: Path, ctx: QuantizeContext, residency: Blocks, extra_config: dict,
+                  quantize_head: Callable[[SequentialResult], dict] | None = None):
+    """The sequential loop with a handler whose `layers` receives each solved Linear's packed tensors
+    (GPTQ's, SignRound's), streaming every block into the variant's checkpoint as it is done.
+    `quantize_head(result)` (when lm_head is a target) solves lm_head after the last block and
+    returns its report row. Returns (format, quantization_config, loop result, report rows)."""
+    fmt = FORMATS[checkpoint_format(variant)]
+    stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
+    with stream:  # a failure removes what was written
+        written: set[str] = set()
+
+        def block_done(i: int, name: str, block: nn.Module) -> None:
+            """The block's packed Linears leave the handler for the checkpoint."""
+            packed = {}  # in model order, solved or restored alike: the same shard boundaries
+            for n in [n for n in targets if n.startswith(name + ".") and n in handler.layers]:
+                packed[n] = packed_module(fmt, handler.layers.pop(n), targets[n][0])
+                written.add(n)
+            stream.add_module(name, block, packed)
+
+        result = run_sequential(model, input_ids, handler, opts, ctx.progress, residency, block_done)
+        report = list(result.report)
+        head_packed = {}
+        if quantize_head is not None:
+            report.append(quantize_head(result))
+            head_packed = {"lm_head": packed_module(fmt, handler.layers.pop("lm_head"), targets["lm_head"][0])}
+            written.add("lm_head")
+        stream.add_outer(model, residency, head_packed)
+        qc, extra_json = fmt.checkpoint_config(variant, {n: None for n in targets if n in written},
+                                               *block_linears(model), extra_config=extra_config)
+        stream.finish(model, qc, ctx.tokenizer, extra_json)
+    return fmt, qc, result, report
 
 
 def _final_norm(model: nn.Module) -> nn.Module | None:
@@ -183,33 +231,13 @@ class GPTQQuantizer:
                                  work_dir=ctx.work_dir, keep_final=head, label=f"gptq {variant.name}",
                                  max_parked=self.max_parked, activation_budget=ctx.activation_budget_bytes,
                                  activation_dtype=ctx.activation_dtype)
-        fmt = FORMATS[checkpoint_format(variant)]
-        stream = CheckpointStream(out_dir, model, save_dtype(model, variant.save_dtype), ctx.max_shard_bytes)
-        with stream:  # a failure removes what was written
-            written: set[str] = set()
-
-            def block_done(i: int, name: str, block: nn.Module) -> None:
-                """The block's packed Linears leave the handler for the checkpoint."""
-                packed = {}  # in model order, solved or restored alike: the same shard boundaries
-                for n in [n for n in targets if n.startswith(name + ".") and n in handler.layers]:
-                    packed[n] = packed_module(fmt, handler.layers.pop(n), targets[n][0])
-                    written.add(n)
-                stream.add_module(name, block, packed)
-
-            result = run_sequential(model, calib.input_ids, handler, opts, ctx.progress, residency, block_done)
-            report = list(result.report)
-            head_packed = {}
-            if head:
-                report.append(self._quantize_head(model, handler, result.hidden, variant, ctx, residency))
-                head_packed = {"lm_head": packed_module(fmt, handler.layers.pop("lm_head"), targets["lm_head"][0])}
-                written.add("lm_head")
-            stream.add_outer(model, residency, head_packed)
-            qc, extra_json = fmt.checkpoint_config(variant, {n: None for n in targets if n in written},
-                                                   *block_linears(model), extra_config={
-                "desc_act": variant.desc_act, "static_groups": variant.static_groups,
-                "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
-                "act_group_aware": variant.act_group_aware and not variant.desc_act})
-            stream.finish(model, qc, ctx.tokenizer, extra_json)
+        extra = {"desc_act": variant.desc_act, "static_groups": variant.static_groups,
+                 "damp_percent": variant.damp_percent, "true_sequential": variant.true_sequential,
+                 "act_group_aware": variant.act_group_aware and not variant.desc_act}
+        quantize_head = (lambda result: self._quantize_head(model, handler, result.hidden, variant, ctx, residency)
+                         ) if head else None
+        fmt, qc, result, report = stream_solved(model, variant, targets, handler, calib.input_ids, opts, out_dir,
+                                                ctx, residency, extra, quantize_head)
         if result.resumed:
             log.info("gptq %s: blocks %s restored from %s, %d solved now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))
