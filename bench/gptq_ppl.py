@@ -5,8 +5,9 @@ reports, through the same quantizers, checkpoint writer, loader and perplexity c
     PYTHONPATH=. python bench/gptq_ppl.py gptq-w4-g64 rtn-w4-g64 gptq-w3-g64 rtn-w3-g64
     PYTHONPATH=. python bench/gptq_ppl.py --threads 1 gptq-w3-g64      # on a crowded machine
 
-Variant names: {rtn,gptq,gptq-plain,gptq-act}-w{2,3,4,8}-g{N} (gptq: our defaults, group-aware
-reordering on; gptq-plain: no reordering; gptq-act: desc_act); `baseline` is the fp32 model;
+Variant names: {rtn,gptq,gptq-plain,gptq-act,signround}-w{2,3,4,8}-g{N} (gptq: our defaults, group-aware
+reordering on; gptq-plain: no reordering; gptq-act: desc_act; signround: --iters, --batch-size);
+`baseline` is the fp32 model;
 `path:DIR` scores a checkpoint that is already there.
 Calibration: 128 x 512 crops of wiki.valid.tokens, seed 0; eval: wikitext-2 test, first 64
 windows of 512 tokens, fp32; the checkpoints are written (unquantized tensors in fp16, as the
@@ -28,16 +29,19 @@ sys.path.append(str(ROOT / "bench"))  # appended: bench/kernels.py must not shad
 from gptq_cpu import CACHE, CALIB_CORPUS, EVAL_CORPUS  # noqa: E402
 
 
-def variant_for(name: str, solver: dict):
+def variant_for(name: str, solver: dict, signround: dict):
     from llmquant.quantize.gptq.config import GPTQVariant
     from llmquant.quantize.rtn.config import RTNVariant
+    from llmquant.quantize.signround.config import SignRoundVariant
 
-    m = re.fullmatch(r"(rtn|gptq|gptq-plain|gptq-act)-w(\d)-g(-?\d+)", name)
+    m = re.fullmatch(r"(rtn|gptq|gptq-plain|gptq-act|signround)-w(\d)-g(-?\d+)", name)
     if not m:
         raise SystemExit(f"unknown variant {name!r}")
     kind, bits, gs = m.group(1), int(m.group(2)), int(m.group(3))
     if kind == "rtn":
         return RTNVariant(name=name, method="rtn", bits=bits, group_size=gs)
+    if kind == "signround":
+        return SignRoundVariant(name=name, method="signround", bits=bits, group_size=gs, **signround)
     return GPTQVariant(name=name, method="gptq", bits=bits, group_size=gs,
                        act_group_aware=kind != "gptq-plain", desc_act=kind == "gptq-act", **solver)
 
@@ -51,6 +55,9 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=CACHE / "ppl")
     p.add_argument("--grid", help="GPTQ grid: mse or minmax (default: the variant's, mse)")
     p.add_argument("--precision", help="GPTQ Hessians and solve: float32 or float64 (default: auto, float64 on a CPU)")
+    p.add_argument("--iters", type=int, help="SignRound: steps per block (default: the variant's, 200)")
+    p.add_argument("--lr", type=float, help="SignRound: step of the rounding offsets (default: 1/iters)")
+    p.add_argument("--batch-size", type=int, help="SignRound: samples per step (default: the variant's, 8)")
     a = p.parse_args()
 
     import torch
@@ -79,7 +86,8 @@ def main() -> None:
         elif name.startswith("path:"):  # a checkpoint made elsewhere (e.g. by bench/gptq_cpu.py)
             path, q_s = Path(name[5:]), 0.0
         else:
-            v = variant_for(name, {k: v for k, v in (("grid", a.grid), ("precision", a.precision)) if v})
+            v = variant_for(name, {k: v for k, v in (("grid", a.grid), ("precision", a.precision)) if v},
+                            {k: v for k, v in (("iters", a.iters), ("batch_size", a.batch_size), ("lr", a.lr)) if v is not None})
             model = load_hf_model(base, "float32", "cpu")
             path = a.out / name
             path.mkdir(parents=True, exist_ok=True)
@@ -92,7 +100,8 @@ def main() -> None:
             r = perplexity(model, ids, 512, a.eval_windows)
         print(json.dumps({"variant": name, "ppl": round(r.ppl, 4), "tokens_scored": r.tokens_scored,
                           "quantize_s": round(q_s, 1), "threads": torch.get_num_threads(),
-                          "grid": a.grid or "default", "precision": a.precision or "default"}), flush=True)
+                          "grid": a.grid or "default", "precision": a.precision or "default",
+                          "iters": a.iters, "batch_size": a.batch_size, "lr": a.lr}), flush=True)
 
 
 if __name__ == "__main__":

@@ -70,8 +70,10 @@ def options_of(variant, calib: mem.Calibration | None, device: str = "cpu") -> m
     samples = getattr(variant, "search_samples", None)
     tokens = samples * calib.seqlen if (samples and calib) else None
     gradients = getattr(variant, "fisher_samples", 0) if getattr(variant, "weighting", None) == "fisher" else 0
+    tune = min(getattr(variant, "batch_size", 0), calib.n_samples) if calib else 0  # SignRound's samples per step
     return mem.QuantizeOptions(max_chunk_bytes=chunk, search_tokens=tokens,
                                gradient_sequences=min(gradients, calib.n_samples) if calib else 0,
+                               tune_samples=tune,
                                solve_bytes=8 if solver_options(variant, device).get("precision") == "float64" else 4)
 
 

@@ -16,7 +16,9 @@ Quantizing (llmquant's own methods; one block resident, quantize/lazy.py):
   hidden-wide tensors per token, within the activation budget; quantize/activations.py);
   awq: the float32 copy of the block's original weights, the inputs recorded for the search (every
   distinct input at every token), the search's working memory (`max_chunk_memory_mb`) and the
-  float reference outputs.
+  float reference outputs;
+  signround: the float targets, the learned offsets (with gradients and the best copy), the
+  fake-quantized weights with gradients, and one step's backward pass (signround_working).
 - Writing the embeddings and the LM head (the streamed checkpoint's last step): each read from
   its file pages and converted to the save dtype.
 - Methods that load the whole model themselves (bnb, and the peers' workers) hold the whole
@@ -79,6 +81,7 @@ class QuantizeOptions:
     search_tokens: int | None = None  # AWQ: tokens recorded for the search (None: every token)
     gradient_sequences: int = 0  # mixed, weighting fisher: sequences of the streamed backward pass
     solve_bytes: int = 4  # GPTQ's Hessians and solve: 4 (float32) or 8 (precision float64)
+    tune_samples: int = 0  # SignRound: calibration samples per step (its batch_size)
 
 
 def total(terms: Terms) -> int:
@@ -132,12 +135,30 @@ def mixed_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOption
     return t
 
 
+def signround_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOptions) -> Terms:
+    """SignRound's tuning of one block (quantize/signround/): the float outputs it is fitted to, the
+    learned offsets (one per weight) with their gradients and the best step's copy, each step's
+    fake-quantized weights with their gradients, and one batch's backward pass: the activations
+    autograd keeps (every Linear's input and output, norms and residuals: about the Linears' output
+    widths plus six hidden-wide tensors per token) and the attention probabilities (kept only where
+    attention runs its plain kernel; the fused one keeps none: an upper bound)."""
+    assert calib is not None
+    tokens = opts.tune_samples * calib.seqlen
+    saved_width = sum(lin.out_features for lin in fp.linears) + 6 * fp.hidden
+    return {"float targets": calib.within_budget(calib.tokens * fp.hidden * 4),
+            "rounding offsets, gradients, best copy": 3 * fp.block_params * 4,
+            "fake-quantized weights and gradients": 2 * fp.block_params * 4,
+            "one step's backward": tokens * saved_width * 4
+            + opts.tune_samples * fp.heads * calib.seqlen * calib.seqlen * 4}
+
+
 # one line per method; a method missing here is planned as if it loaded the whole model
 WORKING_SETS: dict[str, Callable[[Footprint, Calibration | None, QuantizeOptions], Terms]] = {
     "rtn": rtn_working,
     "gptq": gptq_working,
     "awq": awq_working,
     "mixed": mixed_working,
+    "signround": signround_working,
 }
 
 

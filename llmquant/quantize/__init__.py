@@ -67,6 +67,14 @@ METHODS: dict[str, MethodEntry] = {
         check="llmquant.quantize.awq.quantizer:check_model",
         keeps_work=True,
     ),
+    "signround": MethodEntry(
+        "llmquant.quantize.signround.quantizer:SignRoundQuantizer",
+        config="llmquant.quantize.signround.config:SignRoundVariant",
+        formats=("gptq",),
+        needs_calibration=True,
+        summary="SignRound (AutoRound's algorithm): rounding and clipping learned per block by signed gradient "
+                "descent on its output error; GPTQ v1 checkpoint",
+    ),
     "mixed": MethodEntry(
         "llmquant.quantize.mixed.quantizer:MixedQuantizer",
         config="llmquant.quantize.mixed.config:MixedVariant",

@@ -11,7 +11,8 @@ from collections import OrderedDict
 from ..board import method_label
 from .data import Group, LayerReport, split_module
 
-METHOD_COLORS = {"none": "#222222", "rtn": "#d1495b", "gptq": "#2e86ab", "awq": "#3b8b5a", "bnb": "#edae49"}
+METHOD_COLORS = {"none": "#222222", "rtn": "#d1495b", "gptq": "#2e86ab", "awq": "#3b8b5a", "bnb": "#edae49",
+                 "signround": "#7b2d8b"}
 OTHER_COLORS = ["#8e6c8a", "#6c757d", "#b56576", "#4d908e", "#f28482", "#577590"]
 VARIANT_COLORS = ["#2e86ab", "#d1495b", "#3b8b5a", "#edae49", "#8e6c8a", "#4d908e", "#b56576", "#577590"]
 RC = {

@@ -333,3 +333,17 @@ def test_mixed_plans_the_gradient_pass_on_7b_shapes(tmp_path):
     assert terms["Hessians"] == (3 * 4096 ** 2 + 11008 ** 2) * 8  # the sensitivity pass: GPTQ's Hessians (float64)
     assert "gradient pass: kept block inputs" not in step(plan, "quantize o").terms
     assert step(plan, "quantize m").problem is None  # fits the 24 GB box
+
+
+def test_signround_plans_its_tuning_on_7b_shapes(tmp_path):
+    r = recipe(tmp_path, config_dir(tmp_path, LLAMA2_7B), "[{name: s, method: signround, bits: 3, group_size: 64}]",
+               calib="n_samples: 128, seqlen: 512")
+    terms = step(plan_for(r, BOX_24), "quantize s").terms
+    block = 4 * 4096 * 4096 + 3 * 4096 * 11008 + 2 * 4096
+    assert terms["float targets"] == 128 * 512 * 4096 * 4
+    assert terms["rounding offsets, gradients, best copy"] == 3 * block * 4
+    assert terms["fake-quantized weights and gradients"] == 2 * block * 4
+    # 8 samples x 512 tokens: q, k, v, o, gate, up, down outputs and six hidden-wide tensors; 32 heads' probabilities
+    saved = 4 * 4096 + 2 * 11008 + 4096 + 6 * 4096
+    assert terms["one step's backward"] == 8 * 512 * saved * 4 + 8 * 32 * 512 * 512 * 4
+    assert step(plan_for(r, BOX_24), "quantize s").problem is None  # fits the 24 GB box

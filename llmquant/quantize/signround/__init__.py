@@ -1,0 +1,1 @@
+"""SignRound: rounding and clipping learned by signed gradient descent on each block's output."""

@@ -1,0 +1,167 @@
+"""SignRound quantizer: the shared sequential loop (sequential.py, unstaged) drives a handler that,
+per decoder block, computes the float block's outputs on the block's inputs (the quantized model's
+activations, as GPTQ calibrates), tunes every target Linear's rounding together (tune.py), writes the
+de-quantized weights into the block (the next block calibrates on them) and packs them as GPTQ v1.
+
+Where AutoRound differs: it carries a second, float stream of activations and fits each block to the
+float model's outputs on it (correcting the error of earlier blocks as well); here one stream is
+kept, so memory is GPTQ's plus the float targets of one block.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import UserError
+from ...formats import gptq_v1
+from ...formats.intweight import IntWeight
+from ...runs import content_hash
+from ..activations import Activations
+from ..base import CalibrationSet, QuantizeContext, QuantizeResult
+from ..grid import group_index
+from ..gptq.quantizer import block_state, restore_packed, stream_solved
+from ..lazy import EagerBlocks
+from ..metrics import relative_error
+from ..sequential import BlockResult, BlockRun, InputGroup, SequentialOptions
+from ..targets import LayerSettings, target_linears
+from . import signround_math
+from .config import SignRoundVariant
+from .tune import Batch, TuneOptions, tune_block
+
+log = logging.getLogger("llmquant")
+
+NOTES = 10  # progress notes per block
+
+
+class SignRoundHandler:
+    """The SignRound side of the sequential loop (SequentialOptions.staged=False)."""
+
+    def __init__(self, model: nn.Module, variant: SignRoundVariant, settings: dict[str, LayerSettings],
+                 state_key: str, targets_budget: int | None = None, spill_dir: Path | None = None):
+        self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
+        self.targets_budget, self.spill_dir = targets_budget, spill_dir
+        self.layers: dict[str, dict[str, Tensor]] = {}  # packed GPTQ v1 tensors of tuned Linears
+        self._run: BlockRun | None = None
+        self._pending: set[tuple[str, ...]] = set()
+        self._block: dict[str, dict[str, Tensor]] = {}
+        self._rows: list[dict] = []
+
+    def targets(self, index: int, name: str, block: nn.Module) -> dict[str, nn.Module]:
+        return {f"{name}.{sub}": mod for sub, mod in block.named_modules()
+                if isinstance(mod, nn.Linear) and f"{name}.{sub}" in self.settings}
+
+    def begin_block(self, run: BlockRun) -> None:
+        self._run, self._block, self._rows = run, {}, []
+        self._pending = {g.names for g in run.groups}
+
+    def observe(self, group: InputGroup, x: Tensor) -> None:
+        pass  # the tuning runs its own forwards
+
+    def solve(self, group: InputGroup) -> None:
+        self._pending.discard(group.names)
+        if not self._pending:  # every group's inputs were seen: tune the whole block at once
+            self._tune(self._run)
+
+    def finish_block(self, run: BlockRun) -> BlockResult:
+        self.layers.update(self._block)
+        return BlockResult(block_state(self._block), self._rows)
+
+    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
+        self.layers.update(restore_packed(self.model, state))
+
+    # -- tuning ----------------------------------------------------------------------------------
+
+    def _float_targets(self, run: BlockRun) -> Activations:
+        spill = self.spill_dir / "targets" if self.spill_dir is not None else None
+        store = Activations(self.targets_budget, spill, store_device=None if run.device.type == "cpu" else "cpu",
+                            compute_device=run.device)
+        for b in range(len(run.inputs)):
+            store.append(run.forward(b))
+        return store
+
+    def _tune(self, run: BlockRun) -> None:
+        v = self.variant
+        t0 = time.perf_counter()
+        prefix = run.name + "."
+        settings = {n[len(prefix):]: s for n, s in self.settings.items() if n.startswith(prefix)}
+        targets = self._float_targets(run)
+        lr, factor_lr = v.step_sizes()
+        every = max(1, v.iters // NOTES)
+
+        def batch(b: int) -> Batch:
+            kw = run.kwargs[b]
+            return Batch(run.inputs[b], kw["args"], kw["kwargs"], targets[b])
+
+        def on_step(step: int, loss: float) -> None:
+            if step % every == 0 or step == v.iters - 1:
+                run.note(f"{run.name}: step {step + 1}/{v.iters} loss {loss:.4g}")
+
+        try:
+            with run.compute():
+                result = tune_block(run.block, settings, batch, len(run.inputs),
+                                    TuneOptions(v.iters, lr, factor_lr, v.seed), on_step)
+        finally:
+            targets.clear()
+        secs = time.perf_counter() - t0
+        for sub, s in settings.items():
+            module = run.block.get_submodule(sub)
+            w = module.weight.detach().float()
+            q, scales, zeros = signround_math.quantize(w, result.rounding[sub], s.bits, s.group_size, s.sym)
+            q_rtn = signround_math.quantize(w, signround_math.initial_rounding(w, s.group_size), s.bits,
+                                            s.group_size, s.sym)[0]  # before `w`, the module's own, is replaced
+            layer = IntWeight(q.cpu(), scales.cpu(), zeros.cpu(), group_index(w.shape[1], s.group_size), s.bits)
+            deq = layer.dequantize()
+            err = relative_error(w.cpu(), deq)
+            with torch.no_grad():
+                module.weight.copy_(deq.to(module.weight.device, module.weight.dtype))
+            r = result.rounding[sub]
+            self._block[prefix + sub] = gptq_v1.pack_layer(layer)
+            self._rows.append({
+                "module": prefix + sub, "bits": s.bits, "group_size": s.group_size, "rel_error": err,
+                "seconds": secs / len(settings), "block_loss_first": result.first_loss,
+                "block_loss_best": result.best_loss, "best_step": result.best_step,
+                "changed_vs_rtn": float((q != q_rtn).float().mean()),
+                "range_factor_mean": float(r.beta.mean())})
+        if result.first_loss is not None:
+            run.note(f"{run.name}: loss {result.first_loss:.4g} -> {result.best_loss:.4g} (step "
+                     f"{result.best_step + 1}) in {secs:.1f} s")
+
+
+class SignRoundQuantizer:
+    method = "signround"
+    version = "1"
+
+    def quantize(self, model: nn.Module, variant: SignRoundVariant, calib: CalibrationSet | None,
+                 out_dir: Path, ctx: QuantizeContext) -> QuantizeResult:
+        if calib is None:
+            raise UserError(f"variants: {variant.name}: method 'signround' needs a 'calibration' section")
+        residency = ctx.blocks or EagerBlocks()
+        if not residency.lazy:
+            model.to("cpu")  # one block at a time goes to ctx.device
+        targets = target_linears(model, variant)
+        settings = {n: s for n, (_, s) in targets.items()}
+        bs = min(variant.batch_size, calib.input_ids.shape[0])
+        key = content_hash({"method": self.method, "version": self.version, "calibration": calib.key,
+                            "variant": variant.model_dump(mode="json", exclude={"name", "save_dtype"}),
+                            "batch_size": bs, "device": str(ctx.device)})
+        handler = SignRoundHandler(model, variant, settings, key, ctx.activation_budget_bytes, ctx.work_dir)
+        opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=False, observe=False,
+                                 work_dir=ctx.work_dir,
+                                 label=f"signround {variant.name}", activation_budget=ctx.activation_budget_bytes,
+                                 activation_dtype=ctx.activation_dtype)
+        extra = {"desc_act": False, "true_sequential": True}
+        fmt, qc, result, report = stream_solved(model, variant, targets, handler, calib.input_ids, opts, out_dir,
+                                                ctx, residency, extra)
+        if result.resumed:
+            log.info("signround %s: blocks %s restored from %s, %d tuned now", variant.name,
+                     result.resumed, ctx.work_dir, len(result.solved))
+        lr, factor_lr = variant.step_sizes()
+        return QuantizeResult(fmt.writes, qc, report, {
+            "iters": variant.iters, "lr": lr, "minmax_lr": factor_lr, "batch_samples": bs,
+            "resumed_blocks": result.resumed, "solved_blocks": result.solved,
+            "block_seconds": [round(t, 3) for _, t in result.block_seconds]})

@@ -1,0 +1,127 @@
+"""`method: signround` on the tiny Llama: round to nearest at zero iterations (against the RTN
+quantizer's checkpoint), lower perplexity than RTN end to end through the pipeline, resume after a
+crash bit-identical, and recipe errors."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from safetensors.torch import load_file
+
+from llmquant.errors import UserError
+from llmquant.quantize import sequential
+from llmquant.quantize.base import QuantizeContext
+from llmquant.quantize.rtn.config import RTNVariant
+from llmquant.quantize.rtn.quantizer import RTNQuantizer
+from llmquant.quantize.signround.config import SignRoundVariant
+from llmquant.quantize.signround.quantizer import SignRoundQuantizer
+from llmquant.recipe import load_recipe
+from tests.conftest import load_fp32
+
+
+def tensors(path: Path) -> dict:
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        out.update(load_file(f))
+    return out
+
+
+def signround(model_dir, calib, out, work_dir=None, **kw):
+    ids, tok = calib
+    v = SignRoundVariant(name="s", method="signround", **({"bits": 3, "group_size": 32, "iters": 6,
+                                                             "batch_size": 4, "save_dtype": "float32"} | kw))
+    return SignRoundQuantizer().quantize(load_fp32(model_dir), v, ids, out,
+                                         QuantizeContext(tokenizer=tok, work_dir=work_dir))
+
+
+@pytest.mark.parametrize("sym", [True, False])
+def test_zero_iterations_write_the_rtn_checkpoint(tmp_path, tiny_model_dir, tiny_calib, sym):
+    ids, tok = tiny_calib
+    res = signround(tiny_model_dir, tiny_calib, tmp_path / "s", iters=0, sym=sym)
+    rtn = RTNVariant(name="r", method="rtn", bits=3, group_size=32, sym=sym, save_dtype="float32")
+    RTNQuantizer().quantize(load_fp32(tiny_model_dir), rtn, None, tmp_path / "r", QuantizeContext(tokenizer=tok))
+    a, b = tensors(tmp_path / "s"), tensors(tmp_path / "r")
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if not a[k].equal(b[k])] == []
+    assert len(res.layers) == 21 and all(r["changed_vs_rtn"] == 0 for r in res.layers)
+    qc = json.loads((tmp_path / "s" / "config.json").read_text())["quantization_config"]
+    assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["sym"]) == ("gptq", 3, 32, sym)
+
+
+def test_signround_beats_rtn_end_to_end(tiny_recipe, board_path):
+    from llmquant.pipeline import run
+
+    path = tiny_recipe(variants="""
+  - {name: rtn3, method: rtn, bits: 3, group_size: 32}
+  - {name: sr3, method: signround, bits: 3, group_size: 32, iters: 40, batch_size: 4}
+""", extra="""calibration:
+  dataset: {source: "builtin:pydoc", split: train}
+  n_samples: 16
+  seqlen: 128
+""")
+    summary = run(load_recipe(path))
+    ppl = {o.name: o.result.ppl for o in summary.variants}
+    assert ppl["sr3"] < ppl["rtn3"]
+    manifest = json.loads((summary.run_dir / "variants" / "sr3" / "manifest.json").read_text())
+    rows = manifest["summary"]["layers"]
+    assert len(rows) == 21 and manifest["summary"]["solved_blocks"] == [0, 1, 2]
+    assert all(r["block_loss_best"] <= r["block_loss_first"] for r in rows)
+    assert any(r["block_loss_best"] < r["block_loss_first"] for r in rows)
+    assert manifest["summary"]["iters"] == 40 and manifest["summary"]["lr"] == pytest.approx(1 / 40)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_model_dir, tiny_calib, monkeypatch):
+    whole = signround(tiny_model_dir, tiny_calib, tmp_path / "whole")
+    real_save = sequential._StateStore.save
+
+    def save_then_crash(self, index, result):
+        real_save(self, index, result)
+        if index == 1:
+            raise Crash("killed after block 1")
+
+    monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
+    work = tmp_path / "work"
+    with pytest.raises(Crash):
+        signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work)
+    monkeypatch.setattr(sequential._StateStore, "save", real_save)
+    resumed = signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work)
+    assert resumed.details["resumed_blocks"] == [0, 1] and resumed.details["solved_blocks"] == [2]
+    assert (tmp_path / "whole" / "model.safetensors").read_bytes() == \
+        (tmp_path / "resumed" / "model.safetensors").read_bytes()
+    assert [r["module"] for r in resumed.layers] == [r["module"] for r in whole.layers]
+    other = signround(tiny_model_dir, tiny_calib, tmp_path / "other", work_dir=work, iters=7)
+    assert other.details["resumed_blocks"] == []
+
+
+def bad(tmp_path, variant: dict) -> str:
+    doc = {"model": {"source": "some/model"}, "eval": {"dataset": "builtin:pydoc", "seqlen": 128},
+           "calibration": {"dataset": "builtin:pydoc"},
+           "variants": [{"name": "s", "method": "signround", **variant}]}
+    p = tmp_path / "bad.yaml"
+    p.write_text(yaml.safe_dump(doc))
+    with pytest.raises(UserError) as e:
+        load_recipe(p)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(str(p))
+    return msg
+
+
+def test_recipe_errors_name_the_field(tmp_path):
+    assert "variants[0].iters" in bad(tmp_path, {"iters": -1})
+    assert "variants[0].lr" in bad(tmp_path, {"lr": 0})
+    assert "variants[0].batch_size" in bad(tmp_path, {"batch_size": 0})
+    msg = bad(tmp_path, {"quantize_lm_head": True})
+    assert "quantize_lm_head is not supported by method signround" in msg
+    assert "variants[0].bits: got 5" in bad(tmp_path, {"bits": 5})
+
+
+def test_a_valid_variant_resolves_autorounds_step_sizes(tmp_path):
+    v = SignRoundVariant(name="s", method="signround", iters=50)
+    assert v.step_sizes() == (pytest.approx(0.02), pytest.approx(0.02))
+    v = SignRoundVariant(name="s", method="signround", iters=50, lr=0.005, minmax_lr=0)
+    assert v.step_sizes() == (0.005, 0.0)
