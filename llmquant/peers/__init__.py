@@ -1,6 +1,7 @@
 """Peers on our protocol: other tools quantize, we calibrate and evaluate.
 
-A variant with `backend: gptqmodel` or `backend: llmcompressor` is quantized by that tool,
+A variant with `backend: gptqmodel`, `backend: llmcompressor` (gptq, awq) or `backend: autoround`
+(signround) is quantized by that tool,
 running in its own virtual environment (peers pin other versions of torch/transformers than
 ours), from OUR calibration crops; its checkpoint is then evaluated by our loader and
 protocol like any other variant. The worker scripts beside this file run in the peer's
@@ -106,11 +107,19 @@ BACKENDS: dict[str, PeerBackend] = {
                     "max_chunk_memory_mb": "llm-compressor bounds its own working memory (speed only)"},
         },
     ),
+    "autoround": PeerBackend(
+        name="autoround", package="auto_round", worker="autoround_worker.py",
+        env_var="LLMQUANT_AUTOROUND_PYTHON",
+        tested="auto-round 0.16.1 (torch 2.13.0+cpu, transformers 5.25.0)", versions=("0.16.1",),
+        install=_venv_install("autoround", "auto-round==0.16.1"),
+        formats={"signround": "gptq-v1"},
+    ),
 }
 
 METHOD_BACKENDS: dict[str, tuple[str, ...]] = {
     "gptq": (OURS, "gptqmodel", "llmcompressor"),
     "awq": (OURS, "gptqmodel", "llmcompressor"),
+    "signround": (OURS, "autoround"),
 }
 """Which backends may quantize each method (each method's variant class declares a `backend`
 field from this table)."""

@@ -15,6 +15,7 @@ SETTINGS = {
     "gptq": ("bits", "group_size", "sym", "desc_act", "static_groups", "act_group_aware", "damp_percent",
              "true_sequential", "block_size", "quantize_lm_head"),
     "awq": ("bits", "group_size", "quantize_lm_head"),
+    "signround": ("bits", "group_size", "sym", "iters", "lr", "minmax_lr", "batch_size", "seed"),
 }
 """Our settings passed to a peer, per method (the rest of a variant: name, save_dtype, backend);
 AWQ's grid goes as `sym` (not zero_point), the name both peers use."""

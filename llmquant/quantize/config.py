@@ -102,4 +102,5 @@ class PeerBackedVariant(WeightOnlyVariant):
 
 def backend_field():
     return Field(OURS, description="who quantizes: llmquant (ours), or a peer tool in its own venv (gptqmodel, "
-                                   "llmcompressor) whose checkpoint our loader and protocol evaluate; see `peers:`")
+                                   "llmcompressor, autoround) whose checkpoint our loader and protocol evaluate; "
+                                   "see `peers:`")

@@ -91,7 +91,8 @@ def test_llm_compressor_w4a16_reads_as_compressed_tensors_decompresses_it(tmp_pa
 
 # -- the recipe path: peers in their own venvs, run from the shared one -----------------------------
 
-PEER_PYTHON = {"gptqmodel": "/work/peers/gptqmodel/bin/python", "llmcompressor": "/work/peers/llmcompressor/bin/python"}
+PEER_PYTHON = {"gptqmodel": "/work/peers/gptqmodel/bin/python", "llmcompressor": "/work/peers/llmcompressor/bin/python",
+               "autoround": "/work/peers/autoround/bin/python"}
 
 
 @pytest.mark.parametrize("backend", ["gptqmodel", "llmcompressor"])
@@ -128,3 +129,33 @@ peers: {{{backend}: {python}}}
     assert abs(out["peer"].result.ppl / out["ours"].result.ppl - 1) < 0.05
     rows = {r.variant: r.data for r in Board(tmp_path / "board.sqlite").rows()}
     assert rows["peer"]["backend"] == peer["backend"] and rows["ours"]["backend"] is None
+
+
+def test_recipe_ranks_autoround_next_to_our_signround(tiny_recipe, tmp_path):
+    """auto-round's SignRound from our crops, beside ours at the same iterations: both better than
+    round to nearest, and within 10 % of each other (the two differ in what a block is fitted to:
+    docs/methods.md). Needs the auto-round venv (docs/peers.md)."""
+    from llmquant.peers import BACKENDS
+    from llmquant.pipeline import run
+    from llmquant.recipe import load_recipe
+
+    python = os.environ.get(BACKENDS["autoround"].env_var) or PEER_PYTHON["autoround"]
+    if not os.path.exists(python):
+        pytest.skip(f"no autoround venv at {python}")
+    path = tiny_recipe(variants="""
+  - {name: ours, method: signround, bits: 3, group_size: 32, iters: 40, batch_size: 4}
+  - {name: peer, method: signround, bits: 3, group_size: 32, iters: 40, batch_size: 4, backend: autoround}
+  - {name: rtn, method: rtn, bits: 3, group_size: 32}
+""", extra=f"""calibration:
+  dataset: {{source: "builtin:pydoc", split: train}}
+  n_samples: 16
+  seqlen: 128
+peers: {{autoround: {python}}}
+""")
+    summary = run(load_recipe(path))
+    out = {o.name: o for o in summary.variants}
+    peer = out["peer"].summary
+    assert peer["backend"].startswith("autoround ") and peer["format"] == "gptq-v1" and len(peer["layers"]) == 21
+    assert peer["peer"]["peer_config"]["iters"] == 40 and peer["peer"]["peer_config"]["batch_size"] == 4
+    assert out["peer"].result.ppl < out["rtn"].result.ppl and out["ours"].result.ppl < out["rtn"].result.ppl
+    assert abs(out["peer"].result.ppl / out["ours"].result.ppl - 1) < 0.10

@@ -70,6 +70,7 @@ def test_recipe_accepts_peer_backends_and_keeps_old_cache_keys():
 
 @pytest.mark.parametrize("variant,peers,match", [
     ({"backend": "autogptq"}, None, r"variants\[0\]\.backend: .*'llmquant', 'gptqmodel' or 'llmcompressor'"),
+    ({"method": "signround", "backend": "gptqmodel"}, None, r"variants\[0\]\.backend: .*'llmquant' or 'autoround'"),
     ({"backend": "gptqmodel", "overrides": [{"pattern": "down_proj", "bits": 8}]}, None,
      r"variants\[0\].*overrides are not passed to backend gptqmodel"),
     ({"backend": "llmcompressor", "quantize_lm_head": True}, None,
@@ -119,6 +120,34 @@ def test_worker_maps_our_settings_to_gptqmodel():
     assert gptqmodel_worker.gptq_config(s) == {"bits": 4, "group_size": 64, "sym": True, "desc_act": True,
                                                "damp_percent": 0.02, "static_groups": False,
                                                "true_sequential": False, "act_group_aware": False, "lm_head": False}
+
+
+def test_worker_maps_our_settings_to_autoround(tmp_path):
+    sys.path.insert(0, str(ROOT / "llmquant" / "peers"))
+    try:
+        import autoround_worker
+    finally:
+        sys.path.pop(0)
+    from llmquant.peers import job as job_mod
+    from llmquant.quantize.signround.config import SignRoundVariant
+
+    v = SignRoundVariant(name="s", method="signround", bits=3, group_size=64, iters=50, lr=0.005, batch_size=4,
+                         backend="autoround")
+    job = job_mod.make_job("signround", v, tmp_path, tmp_path / "c", tmp_path / "o", tmp_path / "r", "float16")
+    assert job.settings == {"bits": 3, "group_size": 64, "sym": True, "iters": 50, "lr": 0.005, "minmax_lr": None,
+                            "batch_size": 4, "seed": 0}
+    assert autoround_worker.signround_config(job.settings, 128, 512) == {
+        "bits": 3, "group_size": 64, "sym": True, "iters": 50, "nsamples": 128, "seqlen": 512, "batch_size": 4,
+        "seed": 0, "amp": False, "lr": 0.005}
+    off = autoround_worker.signround_config({**job.settings, "minmax_lr": 0, "batch_size": 16}, 8, 64)
+    assert off["enable_minmax_tuning"] is False and off["batch_size"] == 8 and "minmax_lr" not in off
+    # auto-round saves under a folder of its own naming: the files move up into the variant's folder
+    staging = tmp_path / "out" / ".autoround" / "model-w3g64"
+    staging.mkdir(parents=True)
+    (staging / "config.json").write_text("{}")
+    (staging / "model.safetensors").write_bytes(b"x")
+    autoround_worker.move_up(tmp_path / "out" / ".autoround", tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
 
 
 # -- interpreter errors --------------------------------------------------------------------------
