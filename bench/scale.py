@@ -4,6 +4,7 @@
     PYTHONPATH=. python bench/scale.py --layers 2 8 --methods rtn gptq   # fewer runs
     PYTHONPATH=. python bench/scale.py --runs rtn:2,8 gptq:2,8 awq:2      # per method
     PYTHONPATH=. python bench/scale.py --runs rtn:8 --eval                # also evaluate each checkpoint
+    PYTHONPATH=. python bench/scale.py --runs signround:2,4 --iters 4     # SignRound: few steps (memory, s/step)
 
 Models: synthetic Llamas with the layer shapes of Llama-2-7B (hidden 4096, intermediate 11008,
 32 heads, 32 KV heads), random weights (normal, std 0.02; norms 1) stored in bf16 as a sharded
@@ -106,6 +107,10 @@ def child(args: argparse.Namespace) -> None:
     elif args.method == "gptq":
         from llmquant.quantize.gptq.quantizer import GPTQQuantizer as Q
         variant = GPTQVariant(name="gptq", method="gptq", **common)
+    elif args.method == "signround":
+        from llmquant.quantize.signround.config import SignRoundVariant
+        from llmquant.quantize.signround.quantizer import SignRoundQuantizer as Q
+        variant = SignRoundVariant(name="signround", method="signround", iters=args.iters, **common)
     else:
         from llmquant.quantize.awq.quantizer import AWQQuantizer as Q
         variant = AWQVariant(name="awq", method="awq", **common)
@@ -181,7 +186,7 @@ def planned(model: Path, method: str, args) -> dict:
 def run_one(model: Path, method: str, out: Path, args) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", "--model", str(model), "--method", method,
            "--out", str(out), "--n-samples", str(args.n_samples), "--seqlen", str(args.seqlen),
-           "--device", args.device]
+           "--device", args.device, "--iters", str(args.iters)]
     t0 = time.time()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -216,7 +221,7 @@ def report(results: dict[str, dict[int, dict]], args, started: str) -> str:
              f"- machine: {machine()}",
              f"- torch.backends.cpu.get_cpu_capability(): {torch.backends.cpu.get_cpu_capability()}",
              f"- command: `PYTHONPATH=. python bench/scale.py {command(args)} --n-samples {args.n_samples} "
-             f"--seqlen {args.seqlen}`",
+             f"--seqlen {args.seqlen}" + (f" --iters {args.iters}`" if "signround" in args.methods else "`"),
              f"- started {started}; each run in its own process, one at a time",
              "- models: hidden 4096, intermediate 11008, 32 heads (MHA), random bf16 weights on disk, "
              "SmolLM2 tokenizer (vocab 49152), untied lm_head; W4 g128; calibration "
@@ -276,6 +281,7 @@ def main() -> None:
     ap.add_argument("--n-samples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--iters", type=int, default=4, help="signround: steps per block (its time grows linearly)")
     ap.add_argument("--work", default="/tmp/llmquant-scale")
     ap.add_argument("--results", default=str(ROOT / "bench" / "results" / f"scale-{date.today()}.md"))
     args = ap.parse_args()

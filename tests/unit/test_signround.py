@@ -125,3 +125,46 @@ def test_a_valid_variant_resolves_autorounds_step_sizes(tmp_path):
     assert v.step_sizes() == (pytest.approx(0.02), pytest.approx(0.02))
     v = SignRoundVariant(name="s", method="signround", iters=50, lr=0.005, minmax_lr=0)
     assert v.step_sizes() == (0.005, 0.0)
+
+
+class Recorder:
+    """A handler that records the loop's calls and changes nothing."""
+
+    state_key = "recorder"
+
+    def __init__(self):
+        self.observed, self.solved = 0, []
+
+    def targets(self, index, name, block):
+        return {f"{name}.mlp.down_proj": block.mlp.down_proj}
+
+    def begin_block(self, run):
+        pass
+
+    def observe(self, group, x):
+        self.observed += 1
+
+    def solve(self, group):
+        self.solved.extend(group.names)
+
+    def finish_block(self, run):
+        return sequential.BlockResult({})
+
+    def restore_block(self, run, state):
+        pass
+
+
+def test_the_unstaged_loop_without_observing_forward(tiny_model_dir, tiny_calib):
+    ids, _ = tiny_calib
+    model = load_fp32(tiny_model_dir)
+    rec = Recorder()
+    opts = sequential.SequentialOptions(batch_size=4, staged=False, observe=False, keep_final=True)
+    quiet = sequential.run_sequential(model, ids.input_ids, rec, opts)
+    assert rec.observed == 0 and rec.solved == [f"model.layers.{i}.mlp.down_proj" for i in range(3)]
+    seen = Recorder()
+    full = sequential.run_sequential(model, ids.input_ids, seen, sequential.SequentialOptions(
+        batch_size=4, staged=False, keep_final=True))
+    assert seen.observed == 3 * 3  # three batches reach each block's down_proj
+    assert all(a.equal(b) for a, b in zip(quiet.hidden, full.hidden))  # the same outputs either way
+    with pytest.raises(ValueError, match="observe=False needs the unstaged loop"):
+        sequential.run_sequential(model, ids.input_ids, Recorder(), sequential.SequentialOptions(observe=False))
