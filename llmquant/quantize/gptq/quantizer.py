@@ -94,28 +94,41 @@ def restore_packed(model: nn.Module, state: dict[str, Tensor]) -> dict[str, dict
     return layers
 
 
-class GPTQHandler:
+class PackedHandler:
+    """What the handlers that pack each solved Linear as GPTQ v1 share (GPTQ's, SignRound's): the
+    block's targets (its Linears with settings), the packed tensors of the block being solved
+    (`_block`) and of every block not yet written (`layers`), and resume through block_state."""
+
+    def __init__(self, model: nn.Module, settings: dict[str, LayerSettings], state_key: str):
+        self.model, self.settings, self.state_key = model, settings, state_key
+        # solved layers, packed right away (GPTQ v1 tensors): 8x smaller than int32 integers
+        self.layers: dict[str, dict[str, Tensor]] = {}
+        self._block: dict[str, dict[str, Tensor]] = {}
+        self._rows: list[dict] = []
+        self._run: BlockRun | None = None
+
+    def targets(self, index: int, name: str, block: nn.Module) -> dict[str, nn.Module]:
+        return {f"{name}.{sub}": mod for sub, mod in block.named_modules()
+                if isinstance(mod, nn.Linear) and f"{name}.{sub}" in self.settings}
+
+    def finish_block(self, run: BlockRun) -> BlockResult:
+        self.layers.update(self._block)
+        return BlockResult(block_state(self._block), self._rows)
+
+    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
+        self.layers.update(restore_packed(self.model, state))
+
+
+class GPTQHandler(PackedHandler):
     """The GPTQ side of the sequential loop: Hessians per input group, then a solve per Linear."""
 
     def __init__(self, model: nn.Module, variant: GPTQVariant, settings: dict[str, LayerSettings], state_key: str,
                  device: str = "cpu"):
-        self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
+        super().__init__(model, settings, state_key)
+        self.variant = variant
         self.dtype = solve_dtype(variant.precision, device)  # of the Hessians, hence of the solve
-        # solved layers, packed right away (GPTQ v1 tensors): 8x smaller than int32 integers
-        self.layers: dict[str, dict[str, Tensor]] = {}
         self._stats: dict[tuple[str, ...], list] = {}  # group names -> [H, n_samples, seconds]
-        self._block: dict[str, dict[str, Tensor]] = {}
-        self._rows: list[dict] = []
-        self._run: BlockRun | None = None
         self.write_back = True  # replace solved weights in the model (off for a tied lm_head)
-
-    def targets(self, index: int, name: str, block: nn.Module) -> dict[str, nn.Module]:
-        found = {}
-        for sub, mod in block.named_modules():
-            full = f"{name}.{sub}"
-            if isinstance(mod, nn.Linear) and full in self.settings:
-                found[full] = mod
-        return found
 
     def begin_block(self, run: BlockRun) -> None:
         self._run, self._block, self._rows, self._stats = run, {}, [], {}
@@ -150,13 +163,6 @@ class GPTQHandler:
                                "damp_percent": damp, "dead_columns": out.dead_columns})
             if self._run is not None:
                 self._run.note(f"{name} out-err {out.output_error:.4f} {secs:.2f} s")
-
-    def finish_block(self, run: BlockRun) -> BlockResult:
-        self.layers.update(self._block)
-        return BlockResult(block_state(self._block), self._rows)
-
-    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
-        self.layers.update(restore_packed(self.model, state))
 
     def int_weight(self, name: str) -> IntWeight:
         return _unpack(self.layers[name])

@@ -24,10 +24,10 @@ from ...runs import content_hash
 from ..activations import Activations
 from ..base import CalibrationSet, QuantizeContext, QuantizeResult
 from ..grid import group_index
-from ..gptq.quantizer import block_state, restore_packed, stream_solved
+from ..gptq.quantizer import PackedHandler, stream_solved
 from ..lazy import EagerBlocks
 from ..metrics import relative_error
-from ..sequential import BlockResult, BlockRun, InputGroup, SequentialOptions
+from ..sequential import BlockRun, InputGroup, SequentialOptions
 from ..targets import LayerSettings, target_linears
 from . import signround_math
 from .config import SignRoundVariant
@@ -38,22 +38,14 @@ log = logging.getLogger("llmquant")
 NOTES = 10  # progress notes per block
 
 
-class SignRoundHandler:
-    """The SignRound side of the sequential loop (SequentialOptions.staged=False)."""
+class SignRoundHandler(PackedHandler):
+    """The SignRound side of the sequential loop (SequentialOptions.staged=False, observe=False)."""
 
     def __init__(self, model: nn.Module, variant: SignRoundVariant, settings: dict[str, LayerSettings],
                  state_key: str, targets_budget: int | None = None, spill_dir: Path | None = None):
-        self.model, self.variant, self.settings, self.state_key = model, variant, settings, state_key
-        self.targets_budget, self.spill_dir = targets_budget, spill_dir
-        self.layers: dict[str, dict[str, Tensor]] = {}  # packed GPTQ v1 tensors of tuned Linears
-        self._run: BlockRun | None = None
+        super().__init__(model, settings, state_key)
+        self.variant, self.targets_budget, self.spill_dir = variant, targets_budget, spill_dir
         self._pending: set[tuple[str, ...]] = set()
-        self._block: dict[str, dict[str, Tensor]] = {}
-        self._rows: list[dict] = []
-
-    def targets(self, index: int, name: str, block: nn.Module) -> dict[str, nn.Module]:
-        return {f"{name}.{sub}": mod for sub, mod in block.named_modules()
-                if isinstance(mod, nn.Linear) and f"{name}.{sub}" in self.settings}
 
     def begin_block(self, run: BlockRun) -> None:
         self._run, self._block, self._rows = run, {}, []
@@ -66,13 +58,6 @@ class SignRoundHandler:
         self._pending.discard(group.names)
         if not self._pending:  # every group's inputs were seen: tune the whole block at once
             self._tune(self._run)
-
-    def finish_block(self, run: BlockRun) -> BlockResult:
-        self.layers.update(self._block)
-        return BlockResult(block_state(self._block), self._rows)
-
-    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
-        self.layers.update(restore_packed(self.model, state))
 
     # -- tuning ----------------------------------------------------------------------------------
 
