@@ -7,7 +7,7 @@ each step's loss is on its own batch, so "lowest" is a noisy choice)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
