@@ -28,7 +28,8 @@ from llmquant.recipe import parse_recipe
 PAIRS = [(m, f) for m, entry in METHODS.items() for f in entry.formats]
 SETTINGS = {"rtn": {"bits": 4, "group_size": 32}, "gptq": {"bits": 4, "group_size": 32},
             "awq": {"bits": 4, "group_size": 32, "n_grid": 4, "clip_n_grid": 4}, "bnb": {"mode": "int8"},
-            "mixed": {"budget": {"bits": 4.5}, "candidate_group_sizes": [32, 64], "estimate": "rtn"}}
+            "mixed": {"budget": {"bits": 4.5}, "candidate_group_sizes": [32, 64], "estimate": "rtn"},
+            "signround": {"bits": 4, "group_size": 32, "iters": 3, "batch_size": 2}}
 
 
 def test_every_method_names_its_config_and_formats():
