@@ -8,7 +8,10 @@ Scales are rounded to fp16 before q is computed, because fp16 is what the checkp
 the integers are chosen for the scale that will actually be used.
 
 Two conventions choose a group's scale and zero point, the rest is shared:
-  grid_params      GPTQ reference / GPTQ v1: the range contains 0, asymmetric zeros >= 1.
+  grid_params      GPTQ reference / GPTQ v1: the range contains 0, asymmetric zeros >= 1;
+                   `full_range`: symmetric grids use all 2**bits levels (AutoRound's int_sym,
+                   llama.cpp's Q4_0 style): the side of larger magnitude is the grid's end,
+                   -2**(bits-1) steps from the zero, and the scale carries the sign.
   awq_grid_params  AutoAWQ (AWQ GEMM): min..max, zeros stored as they are; symmetric uses absmax.
 quantize_groups / fake_quantize_groups take either one (as a function of the grouped rows).
 """
@@ -31,15 +34,35 @@ def max_q(bits: int) -> int:
     return (1 << bits) - 1
 
 
-def grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+def grid_params(w: Tensor, bits: int, sym: bool, full_range: bool = False) -> tuple[Tensor, Tensor]:
     """Scale and zero point for each row of `w` (rows share one grid), GPTQ-reference style.
 
     The range always contains 0. Asymmetric zeros are kept >= 1 because GPTQ v1 stores
     zero - 1 in `bits` bits: a zero of 0 cannot be written (GPTQModel's "v2" exists for it).
+    `full_range` (symmetric only; asymmetric grids span min..max already): see _full_range_grid.
     Returns (scale, zero) as float32 tensors of shape [rows].
     """
-    xmin, xmax = _grid_range(w.float(), sym)
-    return _range_grid(xmin, xmax, bits, sym)
+    xmin, xmax = _grid_range(w.float(), sym and not full_range)
+    return _grid_maker(bits, sym, full_range)(xmin, xmax)
+
+
+def _grid_maker(bits: int, sym: bool, full_range: bool) -> Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    if sym and full_range:
+        return lambda xmin, xmax: _full_range_grid(xmin, xmax, bits)
+    return lambda xmin, xmax: _range_grid(xmin, xmax, bits, sym)
+
+
+def _full_range_grid(xmin: Tensor, xmax: Tensor, bits: int) -> tuple[Tensor, Tensor]:
+    """(scale, zero) of the full-range symmetric grid for the (uncentred) range [xmin, xmax]: zero
+    2**(bits-1), scale ±max(-xmin, xmax) / 2**(bits-1), negative when xmax is the larger side, so
+    that side maps to q = 0 exactly and the other reaches (2**(bits-1) - 1) steps: 8 levels at 3
+    bits over absmax/4 steps, where _range_grid's symmetric grid has a 2·absmax/7 step."""
+    half = 1 << (bits - 1)
+    scale = torch.where(-xmin > xmax, -xmin, -xmax) / half
+    zero = torch.full_like(scale, float(half))
+    scale = scale.half().float()
+    scale = torch.where(scale == 0, torch.full_like(scale, FP16_TINY), scale)
+    return scale, zero
 
 
 def _grid_range(w: Tensor, sym: bool) -> tuple[Tensor, Tensor]:
@@ -81,17 +104,18 @@ def _range_grid(xmin: Tensor, xmax: Tensor, bits: int, sym: bool) -> tuple[Tenso
 MSE_NORM, MSE_STEPS, MSE_MAX_SHRINK = 2.4, 100, 0.8
 
 
-def mse_grid_params(w: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
+def mse_grid_params(w: Tensor, bits: int, sym: bool, full_range: bool = False) -> tuple[Tensor, Tensor]:
     """grid_params' grid shrunk towards 0 by the factor (1, 0.99, ..., 0.21) that minimises each
     row's Σ|w - ŵ|^2.4 (the GPTQ reference's `mse` option): clipping a few outliers buys a finer
     step for the rest. The unshrunk grid is the first candidate, so the error never grows."""
     w = w.float()
-    xmin, xmax = _grid_range(w, sym)
-    best_s, best_z = _range_grid(xmin, xmax, bits, sym)
+    xmin, xmax = _grid_range(w, sym and not full_range)
+    make = _grid_maker(bits, sym, full_range)
+    best_s, best_z = make(xmin, xmax)
     best = _grid_error(w, best_s, best_z, bits)
     for i in range(1, int(MSE_MAX_SHRINK * MSE_STEPS)):
         p = 1 - i / MSE_STEPS
-        s, z = _range_grid(p * xmin, p * xmax, bits, sym)
+        s, z = make(p * xmin, p * xmax)
         err = _grid_error(w, s, z, bits)
         better = err < best
         best = torch.where(better, err, best)
@@ -108,6 +132,8 @@ def _grid_error(w: Tensor, scale: Tensor, zero: Tensor, bits: int) -> Tensor:
 GRIDS: dict[str, Callable[[Tensor, int, bool], tuple[Tensor, Tensor]]] = {
     "minmax": grid_params,
     "mse": mse_grid_params,
+    "fullrange": partial(grid_params, full_range=True),
+    "fullrange_mse": partial(mse_grid_params, full_range=True),
 }
 
 

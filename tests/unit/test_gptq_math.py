@@ -1,5 +1,6 @@
 """GPTQ math on synthetic layers, checked against an independent float64 reference written here."""
 
+from functools import partial
 import math
 
 import pytest
@@ -89,6 +90,8 @@ CASES = [
     dict(bits=3, gs=16, sym=True, gar=True, static=True),
     dict(bits=3, gs=16, sym=True, gar=True, grid="mse"),
     dict(bits=2, gs=32, sym=False, static=True, grid="mse"),
+    dict(bits=3, gs=16, sym=True, gar=True, grid="fullrange"),
+    dict(bits=4, gs=32, sym=True, grid="fullrange"),
 ]
 
 
@@ -104,7 +107,8 @@ def test_blocked_solution_equals_unblocked_reference(case, block):
     H[:, 5] = 0  # a dead input
     ref_Q, ref_g = reference_gptq(W, H, case["bits"], case["gs"], case["sym"], 0.01,
                                   case.get("desc_act", False), case.get("static", False), case.get("gar", False),
-                                  reference_mse_grid if case.get("grid") == "mse" else grid_params)
+                                  {"mse": reference_mse_grid, "fullrange": partial(grid_params, full_range=True)}
+                                  .get(case.get("grid"), grid_params))
     out = gptq_quantize(W, H, case["bits"], case["gs"], case["sym"], desc_act=case.get("desc_act", False),
                         static_groups=case.get("static", False), act_group_aware=case.get("gar", False),
                         damp_percent=0.01, block_size=block, grid=case.get("grid", "minmax"))

@@ -126,3 +126,53 @@ def test_mse_grid_matches_reference_search_and_never_loses(bits, sym):
     err0 = (fake_quantize(w, s0, z0, bits) - w).abs().pow(2.4).sum(1)
     assert (err <= err0 * (1 + 1e-6)).all() and err.sum() < 0.95 * err0.sum()
     assert int((s < s0).sum()) > 10  # most Gaussian rows are clipped
+
+
+def reference_full_range(w: torch.Tensor, bits: int, shrink: float = 1.0) -> torch.Tensor:
+    """AutoRound's int_sym written row by row in signed integers: step = the larger of |min| and
+    max over 2**(bits-1), negative when max is the larger; q in [-2**(bits-1), 2**(bits-1) - 1]."""
+    half = 2 ** (bits - 1)
+    out = torch.empty_like(w)
+    for r, row in enumerate(w.double()):
+        lo, hi = min(float(row.min()), 0.0) * shrink, max(float(row.max()), 0.0) * shrink
+        if lo == hi == 0:
+            lo, hi = -1.0, 1.0
+        step = -lo / half if -lo > hi else -hi / half
+        step = float(torch.tensor(step).half())
+        out[r] = step * torch.clamp(torch.round(row / step), -half, half - 1)
+    return out.float()
+
+
+def test_full_range_grid_by_hand():
+    # 3 bits: the larger side is exactly the grid's end, in steps of absmax / 4
+    w = torch.tensor([[-1.0, 0.5, 0.9, 0.2], [-0.5, 1.0, 0.9, -0.9]])
+    s, z = grid_params(w, 3, True, full_range=True)
+    assert s.tolist() == [0.25, -0.25] and z.tolist() == [4.0, 4.0]
+    got = fake_quantize(w, s, z, 3)
+    assert got.tolist() == [[-1.0, 0.5, 0.75, 0.25], [-0.5, 1.0, 1.0, -0.75]]
+    # GPTQ's symmetric grid of the same rows steps by 2/7
+    s0, _ = grid_params(w, 3, True)
+    torch.testing.assert_close(s0, torch.tensor([2 / 7, 2 / 7]).half().float())
+    # asymmetric grids are not changed by full_range
+    a = grid_params(w, 3, False, full_range=True)
+    b = grid_params(w, 3, False)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_full_range_grid_matches_autorounds_signed_form(bits):
+    g = torch.Generator().manual_seed(bits)
+    w = torch.randn(64, 32, generator=g)
+    w[3] = w[3].abs()  # all positive: the scale is negative
+    w[4] = -w[4].abs()
+    w[5] = 0.0
+    s, z = grid_params(w, bits, True, full_range=True)
+    torch.testing.assert_close(fake_quantize(w, s, z, bits), reference_full_range(w, bits), rtol=0, atol=1e-6)
+    assert float(s[3]) < 0 < float(s[4]) and bool((z == 2 ** (bits - 1)).all())
+    # the MSE search on it never loses to its unshrunk grid, and finds the reference's best shrink
+    sm, zm = mse_grid_params(w, bits, True, full_range=True)
+    err = (fake_quantize(w, sm, zm, bits) - w).abs().pow(2.4).sum(1)
+    for r in (0, 3, 4, 7):
+        errs = [float((reference_full_range(w[r:r + 1], bits, 1 - i / 100) - w[r]).abs().pow(2.4).sum())
+                for i in range(80)]
+        assert float(err[r]) == pytest.approx(min(errs), rel=1e-5)

@@ -22,10 +22,12 @@ class GPTQSolverOptions(Strict):
     damp_percent: float = Field(0.01, gt=0, le=1, description="damping, as a fraction of the mean Hessian diagonal")
     true_sequential: bool = Field(True, description="later linears of a block calibrate on the quantized earlier ones")
     block_size: int = Field(128, ge=1, le=8192, description="columns per lazy-update block (speed only)")
-    grid: Literal["minmax", "mse"] = Field(
+    grid: Literal["minmax", "mse", "fullrange", "fullrange_mse"] = Field(
         "mse", description="each group's grid: mse (shrunk to the factor minimising Σ|w-ŵ|^2.4, the GPTQ "
                            "reference's option: W3 perplexity 0.68x on SmolLM2, at 1.8x its quantize time and "
-                           "1.2x the solve at 7B shapes), or minmax (the group's range; gptqmodel's default)")
+                           "1.2x the solve at 7B shapes), or minmax (the group's range; gptqmodel's default); "
+                           "fullrange / fullrange_mse: the same with a symmetric grid using all 2**bits levels "
+                           "(AutoRound's; the larger side ends the grid, the scale carries the sign)")
     precision: Literal["auto", "float32", "float64"] = Field(
         "auto", description="arithmetic of the Hessians and the solve: float64 gives the same checkpoint on any "
                             "thread count (docs/methods.md), at 1.3x (SmolLM2) to 2x (a 7B solve) the time and "

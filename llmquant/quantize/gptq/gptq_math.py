@@ -160,7 +160,8 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
     `factors`: a dict the caller keeps across calls with the *same* W and H (e.g. one layer at
     several bits and group sizes): the Cholesky factor of H⁻¹ is computed once per column order
     and damping and reused from it (the most expensive step at 4096+ columns; same result).
-    `grid`: how each group's grid is chosen (grid.GRIDS: "minmax", or "mse" with clipping).
+    `grid`: how each group's grid is chosen (grid.GRIDS: "minmax", or "mse" with clipping; the
+    "fullrange" forms use every level of a symmetric grid).
     """
     out_f, in_f = W.shape
     gs = in_f if group_size == -1 else group_size
@@ -174,7 +175,7 @@ def gptq_quantize(W: Tensor, H: Tensor, bits: int, group_size: int, sym: bool, *
     Wt = W_orig.t().contiguous()  # [in, out]: column i of W is the contiguous row i of Wt
     maxq = max_q(bits)
     grid_of = GRIDS[grid]
-    grid_threads = 1 if grid == "minmax" else torch.get_num_threads()  # min/max is cheap
+    grid_threads = 1 if grid in ("minmax", "fullrange") else torch.get_num_threads()  # min/max is cheap
 
     dead = torch.diagonal(H) == 0
     n_dead = int(dead.sum())
