@@ -62,6 +62,8 @@ AWQ_SEARCH_OPTIONS = ("n_grid", "duo_scaling", "clip", "clip_n_grid", "clip_max_
 
 GPTQ_ARITHMETIC = {
     "grid=mse": "the peer spans each group's min..max (its default); our MSE grid search is not passed",
+    "grid=fullrange": "the peer's symmetric grid is GPTQ's (2*absmax/(2**bits-1) steps), not full range",
+    "grid=fullrange_mse": "the peer's symmetric grid is GPTQ's min..max; our full-range MSE grid is not passed",
     "precision=auto": "the peer accumulates its Hessians and solves in float32",
     "precision=float64": "the peer accumulates its Hessians and solves in float32",
 }
@@ -113,6 +115,9 @@ BACKENDS: dict[str, PeerBackend] = {
         tested="auto-round 0.16.1 (torch 2.13.0+cpu, transformers 5.25.0)", versions=("0.16.1",),
         install=_venv_install("autoround", "auto-round==0.16.1"),
         formats={"signround": "gptq-v1"},
+        ignores={"signround": {
+            "target=block": "auto-round fits each block to the float model's outputs (our target: model)",
+            "grid=minmax": "auto-round's symmetric grid is full range (its int_sym; our grid: fullrange)"}},
     ),
 }
 

@@ -54,10 +54,12 @@ class BlockRun:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast)
 
-    def forward(self, b: int, block: nn.Module | None = None) -> Tensor:
-        """The block's output for batch `b` (no hooks of this loop involved)."""
+    def forward(self, b: int, block: nn.Module | None = None, x: Tensor | None = None) -> Tensor:
+        """The block's output for batch `b` (no hooks of this loop involved); `x`: other hidden
+        states for that batch (e.g. a second stream's) in place of `inputs[b]`."""
+        x = self.inputs[b] if x is None else x
         with torch.no_grad(), self.compute():
-            return _first((block or self.block)(self.inputs[b], *self.kwargs[b]["args"], **self.kwargs[b]["kwargs"]))
+            return _first((block or self.block)(x, *self.kwargs[b]["args"], **self.kwargs[b]["kwargs"]))
 
 
 @dataclass

@@ -325,6 +325,18 @@ def test_gptq_grid_and_arithmetic_the_peers_do_not_take_are_named():
     assert "min..max" in BACKENDS["llmcompressor"].ignored("gptq", default)["grid"]
     plain = GPTQVariant(name="g", method="gptq", bits=3, grid="minmax", precision="float32", backend="gptqmodel")
     assert BACKENDS["gptqmodel"].ignored("gptq", plain) == {}
+    full = GPTQVariant(name="g", method="gptq", bits=3, grid="fullrange", precision="float32", backend="gptqmodel")
+    assert "not full range" in BACKENDS["gptqmodel"].ignored("gptq", full)["grid"]
+
+
+def test_signround_settings_autoround_does_not_take_are_named():
+    from llmquant.peers import BACKENDS
+    from llmquant.quantize.signround.config import SignRoundVariant
+
+    default = SignRoundVariant(name="s", method="signround", bits=3, backend="autoround")  # target model, fullrange
+    assert BACKENDS["autoround"].ignored("signround", default) == {}
+    ours = SignRoundVariant(name="s", method="signround", bits=3, target="block", grid="minmax", backend="autoround")
+    assert set(BACKENDS["autoround"].ignored("signround", ours)) == {"target", "grid"}
 
 
 def test_awq_by_a_fake_gptqmodel_ranks_next_to_ours(tiny_recipe, tiny_model_dir, tmp_path, monkeypatch):

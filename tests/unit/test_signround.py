@@ -27,18 +27,19 @@ def tensors(path: Path) -> dict:
     return out
 
 
-def signround(model_dir, calib, out, work_dir=None, **kw):
+def signround(model_dir, calib, out, work_dir=None, budget=None, **kw):
     ids, tok = calib
     v = SignRoundVariant(name="s", method="signround", **({"bits": 3, "group_size": 32, "iters": 6,
                                                              "batch_size": 4, "save_dtype": "float32"} | kw))
     return SignRoundQuantizer().quantize(load_fp32(model_dir), v, ids, out,
-                                         QuantizeContext(tokenizer=tok, work_dir=work_dir))
+                                         QuantizeContext(tokenizer=tok, work_dir=work_dir,
+                                                         activation_budget_bytes=budget))
 
 
 @pytest.mark.parametrize("sym", [True, False])
 def test_zero_iterations_write_the_rtn_checkpoint(tmp_path, tiny_model_dir, tiny_calib, sym):
     ids, tok = tiny_calib
-    res = signround(tiny_model_dir, tiny_calib, tmp_path / "s", iters=0, sym=sym)
+    res = signround(tiny_model_dir, tiny_calib, tmp_path / "s", iters=0, sym=sym, grid="minmax")
     rtn = RTNVariant(name="r", method="rtn", bits=3, group_size=32, sym=sym, save_dtype="float32")
     RTNQuantizer().quantize(load_fp32(tiny_model_dir), rtn, None, tmp_path / "r", QuantizeContext(tokenizer=tok))
     a, b = tensors(tmp_path / "s"), tensors(tmp_path / "r")
@@ -47,6 +48,33 @@ def test_zero_iterations_write_the_rtn_checkpoint(tmp_path, tiny_model_dir, tiny
     assert len(res.layers) == 21 and all(r["changed_vs_rtn"] == 0 for r in res.layers)
     qc = json.loads((tmp_path / "s" / "config.json").read_text())["quantization_config"]
     assert (qc["quant_method"], qc["bits"], qc["group_size"], qc["sym"]) == ("gptq", 3, 32, sym)
+
+
+def test_zero_iterations_on_the_full_range_grid(tmp_path, tiny_model_dir, tiny_calib):
+    """grid: fullrange (the default) at 0 steps: every Linear of the checkpoint holds round to
+    nearest on grid.py's full-range grid, negative scales included, as our loader reads it."""
+    from functools import partial
+
+    from llmquant.formats import gptq_v1
+    from llmquant.quantize.grid import grid_params, quantize_groups
+
+    signround(tiny_model_dir, tiny_calib, tmp_path / "s", iters=0)
+    got = tensors(tmp_path / "s")
+    model = load_fp32(tiny_model_dir)
+    names = sorted(k[:-len(".qweight")] for k in got if k.endswith(".qweight"))
+    assert len(names) == 21
+    negative = 0
+    for name in names:
+        layer = gptq_v1.unpack_layer({k.split(".")[-1]: v for k, v in got.items() if k.startswith(name + ".")}, 3)
+        q, scales, zeros = quantize_groups(model.get_submodule(name).weight.detach(), 3, 32,
+                                           partial(grid_params, bits=3, sym=True, full_range=True))
+        assert torch_equal(layer.q, q) and torch_equal(layer.scales.float(), scales) and torch_equal(layer.zeros, zeros)
+        negative += int((scales < 0).sum())
+    assert negative > 0  # groups whose positive side is the larger
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a.to(b.dtype) == b).all()) and a.shape == b.shape
 
 
 def test_signround_beats_rtn_end_to_end(tiny_recipe, board_path):
@@ -75,8 +103,9 @@ class Crash(Exception):
     pass
 
 
-def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_model_dir, tiny_calib, monkeypatch):
-    whole = signround(tiny_model_dir, tiny_calib, tmp_path / "whole")
+@pytest.mark.parametrize("target", ["model", "block"])
+def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_model_dir, tiny_calib, monkeypatch, target):
+    whole = signround(tiny_model_dir, tiny_calib, tmp_path / "whole", target=target)
     real_save = sequential._StateStore.save
 
     def save_then_crash(self, index, result):
@@ -87,15 +116,79 @@ def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_model_dir, tiny_ca
     monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
     work = tmp_path / "work"
     with pytest.raises(Crash):
-        signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work)
+        signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work, target=target)
     monkeypatch.setattr(sequential._StateStore, "save", real_save)
-    resumed = signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work)
+    resumed = signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work, target=target)
     assert resumed.details["resumed_blocks"] == [0, 1] and resumed.details["solved_blocks"] == [2]
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == \
         (tmp_path / "resumed" / "model.safetensors").read_bytes()
     assert [r["module"] for r in resumed.layers] == [r["module"] for r in whole.layers]
-    other = signround(tiny_model_dir, tiny_calib, tmp_path / "other", work_dir=work, iters=7)
+    other = signround(tiny_model_dir, tiny_calib, tmp_path / "other", work_dir=work, iters=7, target=target)
     assert other.details["resumed_blocks"] == []
+
+
+def test_a_spilled_float_stream_gives_the_same_checkpoint(tmp_path, tiny_model_dir, tiny_calib, monkeypatch):
+    """With an activation budget of 1 byte every stream (the loop's, the float one) goes to disk
+    and comes back bit-exact; the files are gone afterwards."""
+    from llmquant.quantize.activations import Activations
+
+    spilled = []
+    real = Activations.__setitem__
+
+    def count(self, b, t):
+        real(self, b, t)
+        if self.spill_dir is not None and self.spill_dir.name == "float":
+            spilled.append(self.spilled)  # batches written to disk so far
+
+    monkeypatch.setattr(Activations, "__setitem__", count)
+    signround(tiny_model_dir, tiny_calib, tmp_path / "mem")
+    work = tmp_path / "work"
+    signround(tiny_model_dir, tiny_calib, tmp_path / "disk", work_dir=work, budget=1)
+    # block 0's copy of the embeddings, then each batch once per block: every write went to disk
+    assert spilled[-1] == len(spilled) == 3 + 3 * 3
+    assert (tmp_path / "mem" / "model.safetensors").read_bytes() == (tmp_path / "disk" / "model.safetensors").read_bytes()
+    assert not list((work / "float").glob("*.safetensors"))
+
+
+def recorded_batches(monkeypatch) -> list[list]:
+    """Patch the quantizer's tune_block to record every block's batches (inputs and targets)."""
+    from llmquant.quantize.signround import quantizer
+
+    seen: list[list] = []
+    real = quantizer.tune_block
+
+    def spy(block, settings, batches, n, opts, on_step=None):
+        seen.append([(batches(b).x.clone(), batches(b).target.clone()) for b in range(n)])
+        return real(block, settings, batches, n, opts, on_step)
+
+    monkeypatch.setattr(quantizer, "tune_block", spy)
+    return seen
+
+
+@pytest.mark.parametrize("target", ["model", "block"])
+def test_the_targets_are_the_float_models_outputs_or_the_float_blocks(tmp_path, tiny_model_dir, tiny_calib,
+                                                                      monkeypatch, target):
+    """target: model fits block i to the float model's hidden state after block i (HF's
+    output_hidden_states, computed here independently); target: block to the float block on the
+    quantized stream, which from block 1 on is not the float model's."""
+    import torch
+
+    ids, _ = tiny_calib
+    seen = recorded_batches(monkeypatch)
+    signround(tiny_model_dir, tiny_calib, tmp_path / "s", batch_size=4, target=target)
+    model = load_fp32(tiny_model_dir)
+    with torch.no_grad():
+        hidden = model(ids.input_ids, output_hidden_states=True).hidden_states  # embeddings, block 0, 1, norm(2)
+    assert len(seen) == 3 and all(len(batches) == 3 for batches in seen)
+    for i in (0, 1):
+        float_out = torch.cat([t for _, t in seen[i]])
+        float_in = torch.cat([x for x, _ in seen[i]])
+        if target == "model" or i == 0:  # block 0's inputs are the embeddings in both
+            torch.testing.assert_close(float_out, hidden[i + 1], rtol=1e-5, atol=1e-5)
+        else:
+            assert not torch.allclose(float_out, hidden[i + 1], rtol=1e-3, atol=1e-3)
+        if i == 1:  # the tuning runs on the quantized stream either way
+            assert not torch.allclose(float_in, hidden[1], rtol=1e-3, atol=1e-3)
 
 
 def bad(tmp_path, variant: dict) -> str:
@@ -118,6 +211,8 @@ def test_recipe_errors_name_the_field(tmp_path):
     msg = bad(tmp_path, {"quantize_lm_head": True})
     assert "quantize_lm_head is not supported by method signround" in msg
     assert "variants[0].bits: got 5" in bad(tmp_path, {"bits": 5})
+    assert "variants[0].target" in bad(tmp_path, {"target": "layer"})
+    assert "variants[0].grid" in bad(tmp_path, {"grid": "mse"})
 
 
 def test_a_valid_variant_resolves_autorounds_step_sizes(tmp_path):

@@ -7,7 +7,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from llmquant.quantize.grid import quantize_rtn
+from functools import partial
+
+from llmquant.quantize.grid import grid_params, quantize_groups, quantize_rtn
 from llmquant.quantize.signround.signround_math import (
     Rounding,
     fake_quantize,
@@ -34,10 +36,16 @@ def test_initial_rounding_is_round_to_nearest_bit_for_bit(bits, group_size, sym)
     q, scales, zeros = quantize(w, initial_rounding(w, group_size), bits, group_size, sym)
     rq, rs, rz = quantize_rtn(w, bits, group_size, sym)
     assert torch.equal(q, rq) and torch.equal(scales, rs) and torch.equal(zeros, rz)
+    # and on the full-range grid (the same as the plain one when asymmetric)
+    q, scales, zeros = quantize(w, initial_rounding(w, group_size), bits, group_size, sym, full_range=True)
+    rq, rs, rz = quantize_groups(w, bits, group_size, partial(grid_params, bits=bits, sym=sym, full_range=True))
+    assert torch.equal(q, rq) and torch.equal(scales, rs) and torch.equal(zeros, rz)
 
 
-def reference_fake(w, v, alpha, beta, bits, gs, sym):
-    """Group by group, in plain Python over groups: the GPTQ v1 grid of [alpha*min, beta*max]."""
+def reference_fake(w, v, alpha, beta, bits, gs, sym, full_range=False):
+    """Group by group, in plain Python over groups: the GPTQ v1 grid of [alpha*min, beta*max]; with
+    full_range (symmetric), AutoRound's signed form: step ±max(alpha*|min|, beta*max) / 2**(bits-1),
+    q + v rounded and clamped to [-2**(bits-1), 2**(bits-1) - 1]."""
     maxq = 2 ** bits - 1
     out = torch.empty_like(w)
     for o in range(w.shape[0]):
@@ -45,6 +53,14 @@ def reference_fake(w, v, alpha, beta, bits, gs, sym):
             cols = slice(g * gs, (g + 1) * gs)
             x = w[o, cols]
             lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+            if sym and full_range:
+                if lo == 0 and hi == 0:
+                    lo, hi = -1.0, 1.0
+                low, high = -lo * float(alpha[o, g]), hi * float(beta[o, g])
+                half = 2 ** (bits - 1)
+                step = float(torch.tensor((low if low > high else -high) / half).half().float())
+                out[o, cols] = step * torch.clamp(torch.round(x / step + v[o, cols]), -half, half - 1)
+                continue
             if sym:
                 m = max(-lo, hi) * float(beta[o, g])
                 lo, hi = -m, m
@@ -65,18 +81,18 @@ def reference_fake(w, v, alpha, beta, bits, gs, sym):
     return out
 
 
-@pytest.mark.parametrize("sym", [True, False])
-def test_fake_quantize_with_learned_tensors_matches_a_group_by_group_reference(sym):
+@pytest.mark.parametrize("sym,full_range", [(True, False), (False, False), (True, True)])
+def test_fake_quantize_with_learned_tensors_matches_a_group_by_group_reference(sym, full_range):
     w = weight(8, 32)
     g = torch.Generator().manual_seed(1)
     v = torch.rand(w.shape, generator=g) - 0.5
     alpha = 0.5 + 0.5 * torch.rand(8, 2, generator=g)
     beta = 0.5 + 0.5 * torch.rand(8, 2, generator=g)
-    got = fake_quantize(w, Rounding(v, alpha, beta), 3, 16, sym)
-    want = reference_fake(w, v, alpha, beta, 3, 16, sym)
+    got = fake_quantize(w, Rounding(v, alpha, beta), 3, 16, sym, full_range)
+    want = reference_fake(w, v, alpha, beta, 3, 16, sym, full_range)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
     # and the integers quantize() returns de-quantize to it
-    q, scales, zeros = quantize(w, Rounding(v, alpha, beta), 3, 16, sym)
+    q, scales, zeros = quantize(w, Rounding(v, alpha, beta), 3, 16, sym, full_range)
     deq = scales.t().repeat_interleave(16, dim=1) * (q.float() - zeros.t().repeat_interleave(16, dim=1))
     torch.testing.assert_close(deq, got, rtol=0, atol=1e-6)
 

@@ -26,6 +26,15 @@ class SignRoundVariant(PeerBackedVariant):
                                                          "the backward pass of one batch is the method's main "
                                                          "memory (llmquant plan shows it)")
     seed: int = Field(0, description="seed of the order the batches are drawn in")
+    target: Literal["model", "block"] = Field(
+        "model", description="what each block is fitted to, on the quantized model's activations: 'model', the "
+                             "float model's outputs of that block (a second, float stream of activations is "
+                             "carried; the block also corrects earlier blocks' error; AutoRound's); 'block', the "
+                             "float block's outputs on the same inputs (GPTQ's objective; no second stream)")
+    grid: Literal["fullrange", "minmax"] = Field(
+        "fullrange", description="the symmetric grid: fullrange uses all 2**bits levels (AutoRound's int_sym: the "
+                                 "larger side ends the grid, the scale carries the sign), minmax is GPTQ's "
+                                 "(2*absmax/(2**bits-1) steps); asymmetric grids are GPTQ v1's either way")
 
     @model_validator(mode="after")
     def _limits(self) -> "SignRoundVariant":

@@ -1,11 +1,15 @@
 """SignRound quantizer: the shared sequential loop (sequential.py, unstaged) drives a handler that,
-per decoder block, computes the float block's outputs on the block's inputs (the quantized model's
-activations, as GPTQ calibrates), tunes every target Linear's rounding together (tune.py), writes the
+per decoder block, computes the block's float targets, tunes every target Linear's rounding together
+(tune.py) on the block's inputs (the quantized model's activations, as GPTQ calibrates), writes the
 de-quantized weights into the block (the next block calibrates on them) and packs them as GPTQ v1.
 
-Where AutoRound differs: it carries a second, float stream of activations and fits each block to the
-float model's outputs on it (correcting the error of earlier blocks as well); here one stream is
-kept, so memory is GPTQ's plus the float targets of one block.
+The targets (`variant.target`):
+  model  the float model's outputs of this block: a second, float stream of activations is carried
+         from block to block (moved through each block before its weights are tuned, and through
+         restored blocks on resume), so a block also learns to correct earlier blocks' error
+         (AutoRound's protocol, its `enable_quanted_input`); memory: one more stream of activations
+  block  the float block's outputs on the quantized inputs (GPTQ's objective); the targets of one
+         block at a time
 """
 
 from __future__ import annotations
@@ -42,10 +46,24 @@ class SignRoundHandler(PackedHandler):
     """The SignRound side of the sequential loop (SequentialOptions.staged=False, observe=False)."""
 
     def __init__(self, model: nn.Module, variant: SignRoundVariant, settings: dict[str, LayerSettings],
-                 state_key: str, targets_budget: int | None = None, spill_dir: Path | None = None):
+                 state_key: str, targets_budget: int | None = None, spill_dir: Path | None = None,
+                 stream_dtype: torch.dtype | None = None):
         super().__init__(model, settings, state_key)
         self.variant, self.targets_budget, self.spill_dir = variant, targets_budget, spill_dir
+        self.stream_dtype = stream_dtype  # of the float stream (target: model), as the loop's own stream
         self._pending: set[tuple[str, ...]] = set()
+        self._float: Activations | None = None  # target: model: the float model's inputs to the next block
+
+    def close(self) -> None:
+        """Let go of the float stream (and its spilled files)."""
+        if self._float is not None:
+            self._float.clear()
+            self._float = None
+
+    def restore_block(self, run: BlockRun, state: dict[str, Tensor]) -> None:
+        if self.variant.target == "model" and len(run.inputs):  # a later block is tuned: carry the float stream
+            self._advance_float(run)
+        super().restore_block(run, state)
 
     def begin_block(self, run: BlockRun) -> None:
         self._run, self._block, self._rows = run, {}, []
@@ -61,10 +79,28 @@ class SignRoundHandler(PackedHandler):
 
     # -- tuning ----------------------------------------------------------------------------------
 
+    def _store(self, run: BlockRun, name: str, dtype: torch.dtype | None = None) -> Activations:
+        spill = self.spill_dir / name if self.spill_dir is not None else None
+        return Activations(self.targets_budget, spill, dtype, store_device=None if run.device.type == "cpu" else "cpu",
+                           compute_device=run.device)
+
+    def _advance_float(self, run: BlockRun) -> Activations:
+        """Move the float stream through this block while its weights are still float: the stream
+        then holds the float model's outputs of the block (this block's targets, the next one's inputs)."""
+        if self._float is None:
+            if run.index != 0:
+                raise RuntimeError(f"signround: the float stream starts at block 0, not at {run.name}")
+            self._float = self._store(run, "float", self.stream_dtype)  # block 0: both streams are the embeddings
+            for b in range(len(run.inputs)):
+                self._float.append(run.inputs[b])
+        for b in range(len(self._float)):
+            self._float[b] = run.forward(b, x=self._float[b])
+        return self._float
+
     def _float_targets(self, run: BlockRun) -> Activations:
-        spill = self.spill_dir / "targets" if self.spill_dir is not None else None
-        store = Activations(self.targets_budget, spill, store_device=None if run.device.type == "cpu" else "cpu",
-                            compute_device=run.device)
+        if self.variant.target == "model":
+            return self._advance_float(run)
+        store = self._store(run, "targets")
         for b in range(len(run.inputs)):
             store.append(run.forward(b))
         return store
@@ -76,6 +112,7 @@ class SignRoundHandler(PackedHandler):
         settings = {n[len(prefix):]: s for n, s in self.settings.items() if n.startswith(prefix)}
         targets = self._float_targets(run)
         lr, factor_lr = v.step_sizes()
+        full = v.grid == "fullrange"
         every = max(1, v.iters // NOTES)
 
         def batch(b: int) -> Batch:
@@ -89,16 +126,17 @@ class SignRoundHandler(PackedHandler):
         try:
             with run.compute():
                 result = tune_block(run.block, settings, batch, len(run.inputs),
-                                    TuneOptions(v.iters, lr, factor_lr, v.seed), on_step)
+                                    TuneOptions(v.iters, lr, factor_lr, v.seed, full), on_step)
         finally:
-            targets.clear()
+            if targets is not self._float:
+                targets.clear()
         secs = time.perf_counter() - t0
         for sub, s in settings.items():
             module = run.block.get_submodule(sub)
             w = module.weight.detach().float()
-            q, scales, zeros = signround_math.quantize(w, result.rounding[sub], s.bits, s.group_size, s.sym)
+            q, scales, zeros = signround_math.quantize(w, result.rounding[sub], s.bits, s.group_size, s.sym, full)
             q_rtn = signround_math.quantize(w, signround_math.initial_rounding(w, s.group_size), s.bits,
-                                            s.group_size, s.sym)[0]  # before `w`, the module's own, is replaced
+                                            s.group_size, s.sym, full)[0]  # before `w`, the module's own, is replaced
             layer = IntWeight(q.cpu(), scales.cpu(), zeros.cpu(), group_index(w.shape[1], s.group_size), s.bits)
             deq = layer.dequantize()
             err = relative_error(w.cpu(), deq)
@@ -134,19 +172,23 @@ class SignRoundQuantizer:
         key = content_hash({"method": self.method, "version": self.version, "calibration": calib.key,
                             "variant": variant.model_dump(mode="json", exclude={"name", "save_dtype"}),
                             "batch_size": bs, "device": str(ctx.device)})
-        handler = SignRoundHandler(model, variant, settings, key, ctx.activation_budget_bytes, ctx.work_dir)
+        handler = SignRoundHandler(model, variant, settings, key, ctx.activation_budget_bytes, ctx.work_dir,
+                                   ctx.activation_dtype)
         opts = SequentialOptions(device=ctx.device, batch_size=bs, staged=False, observe=False,
                                  work_dir=ctx.work_dir,
                                  label=f"signround {variant.name}", activation_budget=ctx.activation_budget_bytes,
                                  activation_dtype=ctx.activation_dtype)
         extra = {"desc_act": False, "true_sequential": True}
-        fmt, qc, result, report = stream_solved(model, variant, targets, handler, calib.input_ids, opts, out_dir,
-                                                ctx, residency, extra)
+        try:
+            fmt, qc, result, report = stream_solved(model, variant, targets, handler, calib.input_ids, opts, out_dir,
+                                                    ctx, residency, extra)
+        finally:
+            handler.close()
         if result.resumed:
             log.info("signround %s: blocks %s restored from %s, %d tuned now", variant.name,
                      result.resumed, ctx.work_dir, len(result.solved))
         lr, factor_lr = variant.step_sizes()
         return QuantizeResult(fmt.writes, qc, report, {
-            "iters": variant.iters, "lr": lr, "minmax_lr": factor_lr, "batch_samples": bs,
+            "iters": variant.iters, "target": variant.target, "lr": lr, "minmax_lr": factor_lr, "batch_samples": bs,
             "resumed_blocks": result.resumed, "solved_blocks": result.solved,
             "block_seconds": [round(t, 3) for _, t in result.block_seconds]})

@@ -8,6 +8,8 @@ For a weight W [out, in] with groups of `group_size` input columns, three tensor
   beta   [out, n_groups]  a factor on the group's maximum (symmetric: on its absmax), in [0, 1]
 The group's grid is grid.py's (`_range_grid`) for the range [alpha * xmin, beta * xmax]:
     q = clamp(round(W / scale + v) + zero, 0, 2**bits - 1),   Ŵ = scale * (q - zero)
+or, symmetric with `full_range` (AutoRound's int_sym), grid.py's `_full_range_grid` of that range
+(both factors then count: the larger of alpha·|xmin| and beta·xmax ends the grid).
 Rounding (of W / scale + v, of the zero point, of the scale to fp16) passes the gradient straight
 through, so the block's output error reaches v, alpha and beta. With v = 0 and alpha = beta = 1 the
 result is grid.quantize_rtn's, bit for bit.
@@ -58,12 +60,19 @@ def ste_round(x: Tensor) -> Tensor:
     return x + (torch.round(x) - x).detach()
 
 
-def _grid(wg: Tensor, alpha: Tensor, beta: Tensor, bits: int, sym: bool) -> tuple[Tensor, Tensor]:
-    """grid._range_grid for the range scaled by (alpha, beta), differentiable in alpha and beta."""
+def _grid(wg: Tensor, alpha: Tensor, beta: Tensor, bits: int, sym: bool,
+          full_range: bool = False) -> tuple[Tensor, Tensor]:
+    """grid._range_grid (grid._full_range_grid) for the range scaled by (alpha, beta), differentiable
+    in alpha and beta."""
     maxq = max_q(bits)
     with torch.no_grad():
-        xmin, xmax = _grid_range(wg, sym)
-    if sym:
+        xmin, xmax = _grid_range(wg, sym and not full_range)
+    if sym and full_range:
+        half = 1 << (bits - 1)
+        low, high = -xmin * alpha, xmax * beta
+        scale = torch.where((low > high).detach(), low, -high) / half
+        zero = torch.full_like(scale, float(half)).detach()
+    elif sym:
         xmax = xmax * beta
         xmin = -xmax
         scale = (xmax - xmin) / maxq
@@ -80,26 +89,28 @@ def _grid(wg: Tensor, alpha: Tensor, beta: Tensor, bits: int, sym: bool) -> tupl
     return scale, zero
 
 
-def _parts(w: Tensor, r: Rounding, bits: int, group_size: int, sym: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _parts(w: Tensor, r: Rounding, bits: int, group_size: int, sym: bool,
+           full_range: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(q [out*n_groups, group] as floats, scale, zero [out*n_groups]) of W under `r`."""
     wg, _, _ = grouped_rows(w, group_size)
-    scale, zero = _grid(wg, r.alpha.reshape(-1), r.beta.reshape(-1), bits, sym)
+    scale, zero = _grid(wg, r.alpha.reshape(-1), r.beta.reshape(-1), bits, sym, full_range)
     v = r.v.reshape(wg.shape)
     q = torch.clamp(ste_round(wg / scale.unsqueeze(-1) + v) + zero.unsqueeze(-1), 0, max_q(bits))
     return q, scale, zero
 
 
-def fake_quantize(w: Tensor, r: Rounding, bits: int, group_size: int, sym: bool) -> Tensor:
+def fake_quantize(w: Tensor, r: Rounding, bits: int, group_size: int, sym: bool, full_range: bool = False) -> Tensor:
     """Ŵ [out, in], float32, differentiable in r's tensors (W itself is a constant)."""
-    q, scale, zero = _parts(w, r, bits, group_size, sym)
+    q, scale, zero = _parts(w, r, bits, group_size, sym, full_range)
     return (scale.unsqueeze(-1) * (q - zero.unsqueeze(-1))).reshape(w.shape)
 
 
-def quantize(w: Tensor, r: Rounding, bits: int, group_size: int, sym: bool) -> tuple[Tensor, Tensor, Tensor]:
+def quantize(w: Tensor, r: Rounding, bits: int, group_size: int, sym: bool,
+             full_range: bool = False) -> tuple[Tensor, Tensor, Tensor]:
     """The integers fake_quantize rounds to: q [out, in] int32, scales and zeros [n_groups, out] (the
     layout of grid.quantize_rtn and the GPTQ v1 checkpoint)."""
     with torch.no_grad():
-        q, scale, zero = _parts(w, r, bits, group_size, sym)
+        q, scale, zero = _parts(w, r, bits, group_size, sym, full_range)
     out_f = w.shape[0]
     return (q.reshape(w.shape).to(torch.int32), scale.reshape(out_f, -1).t().contiguous(),
             zero.reshape(out_f, -1).t().contiguous())

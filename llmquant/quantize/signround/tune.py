@@ -24,6 +24,7 @@ class TuneOptions:
     lr: float  # of the rounding offsets v
     factor_lr: float  # of the range factors alpha, beta (0: not tuned)
     seed: int = 0
+    full_range: bool = False  # symmetric grids use every level (signround_math)
 
 
 @dataclass
@@ -77,7 +78,8 @@ def tune_block(block: nn.Module, settings: dict[str, LayerSettings], batches: Ca
         with torch.enable_grad():
             for step, b in enumerate(batch_order(n_batches, opts.iters, opts.seed)):
                 batch = batches(b)
-                params = {f"{n}.weight": fake_quantize(w, rounding[n], s.bits, s.group_size, s.sym).to(dtypes[n])
+                params = {f"{n}.weight": fake_quantize(w, rounding[n], s.bits, s.group_size, s.sym,
+                                                       opts.full_range).to(dtypes[n])
                           for n, w in weights.items() for s in (settings[n],)}
                 out = functional_call(block, params, (batch.x, *batch.args), batch.kwargs)
                 out = out[0] if isinstance(out, (tuple, list)) else out
