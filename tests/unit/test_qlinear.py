@@ -272,3 +272,23 @@ def test_c_int4_kernel_is_fp32_exact():
             x = torch.randn(rows, 192)
             torch.testing.assert_close(m(x).double(), reference(x, iw, bias), rtol=1e-5, atol=1e-4)
         assert m(x.bfloat16()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("bits", [4, 3])
+def test_full_range_grids_negative_scales_on_every_path(bits):
+    """grid fullrange stores negative scales (groups whose positive side is the larger): the dense
+    path stays exact and the int4 kernel path within bf16 tolerance."""
+    from functools import partial
+
+    from llmquant.quantize.grid import grid_params, quantize_groups
+
+    torch.manual_seed(3)
+    w = torch.randn(128, 192)
+    q, s, z = quantize_groups(w, bits, 64, partial(grid_params, bits=bits, sym=True, full_range=True))
+    assert (s < 0).any() and (s > 0).any()
+    iw = IntWeight(q, s, z, group_index(192, 64), bits)
+    m = QuantLinear(iw, None)
+    x = torch.randn(DENSE_ROWS, 192)
+    torch.testing.assert_close(m(x).double(), reference(x, iw), rtol=1e-5, atol=1e-4)
+    x = torch.randn(1, 3, 192)
+    assert rel_err(m(x)[0], reference(x[0], iw)) < 1e-2
