@@ -135,6 +135,40 @@ def requires_shared(*parts: str):
     return pytest.mark.skipif(not path.exists(), reason=f"needs {path} (the team's ../shared corpora); absent here")
 
 
+class Crash(Exception):
+    """A simulated kill of a quantize run (crash_after_block)."""
+
+
+@pytest.fixture()
+def crash_after_block(monkeypatch):
+    """`with crash_after_block(1): quantize(...)`: the sequential loop writes block 1's resume
+    state, then the run dies (the block absorbs that crash, and fails the test if the run never got
+    there); leaving the block undoes the patch."""
+    import contextlib
+
+    from llmquant.quantize import sequential
+
+    real_save = sequential._StateStore.save
+
+    @contextlib.contextmanager
+    def crash(index: int):
+        def save_then_crash(self, i, result):
+            real_save(self, i, result)
+            if i == index:
+                raise Crash(f"killed after block {index}")
+
+        monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
+        try:
+            yield
+        except Crash:
+            return
+        finally:
+            monkeypatch.setattr(sequential._StateStore, "save", real_save)
+        pytest.fail(f"the run finished without reaching the crash after block {index}")
+
+    return crash
+
+
 @pytest.fixture(scope="session")
 def tiny_calib(tiny_model_dir):
     """(CalibrationSet of 12 random 64-token crops of the pydoc train text, seed 0; tokenizer)."""

@@ -11,7 +11,6 @@ from safetensors.torch import load_file
 
 from llmquant.errors import UserError
 from llmquant.formats.load import load_checkpoint
-from llmquant.quantize import sequential
 from llmquant.quantize.awq import awq_arch
 from llmquant.quantize.awq.quantizer import AWQHandler, AWQQuantizer, fold_scale
 from llmquant.quantize.base import QuantizeContext
@@ -172,28 +171,16 @@ def test_overrides_skip_and_group_size(tmp_path, tiny_model_dir, calib, caplog):
         torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-4, atol=1e-4)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("search", [{}, {"search_samples": 4, "coarse_grid": None}, {"propagate": "float"}],
                          ids=["defaults", "4-samples-full-grid", "float-outputs"])
-def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monkeypatch, caplog, search):
+def test_resume_reapplies_the_saved_search(tmp_path, tiny_model_dir, calib, monkeypatch, crash_after_block, caplog,
+                                          search):
     """(12 calibration samples: the defaults score every sample; 4 samples score the attention on
     the first 4 and the MLP on every 3rd token.)"""
     _, whole = quantize(tiny_model_dir, calib, tmp_path / "whole", **search)
-    real_save = sequential._StateStore.save
-
-    def save_then_crash(self, index, result):
-        real_save(self, index, result)
-        if index == 1:
-            raise Crash("killed after block 1")
-
-    monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
     work = tmp_path / "work"
-    with pytest.raises(Crash):
+    with crash_after_block(1):
         quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work, **search)
-    monkeypatch.setattr(sequential._StateStore, "save", real_save)
     state = load_file(str(work / "blocks" / "block-0000.safetensors"))
     assert {"scale.input_layernorm", "scale.post_attention_layernorm", "scale.mlp.up_proj",
             "clip.self_attn.v_proj", "clip.mlp.down_proj"} <= set(state)

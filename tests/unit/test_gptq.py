@@ -202,25 +202,12 @@ def test_tiny_recipe_end_to_end_with_gptq(tiny_recipe, board_path):
     assert manifest["summary"]["solved_blocks"] == [0, 1, 2]
 
 
-class Crash(Exception):
-    pass
-
-
-def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_path, tiny_model_dir, calib, monkeypatch, caplog):
+def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_path, tiny_model_dir, calib, monkeypatch, crash_after_block, caplog):
     _, whole = quantize(tiny_model_dir, calib, tmp_path / "whole", desc_act=True)
 
-    real_save = sequential._StateStore.save
-
-    def save_then_crash(self, index, result):
-        real_save(self, index, result)
-        if index == 1:
-            raise Crash("killed after block 1")
-
-    monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
     work = tmp_path / "work"
-    with pytest.raises(Crash):
+    with crash_after_block(1):
         quantize(tiny_model_dir, calib, tmp_path / "resumed", work_dir=work, desc_act=True)
-    monkeypatch.setattr(sequential._StateStore, "save", real_save)
     assert sorted(json.loads((work / "manifest.json").read_text())["blocks"]) == ["0", "1"]
 
     solved = []

@@ -99,25 +99,12 @@ def test_signround_beats_rtn_end_to_end(tiny_recipe, board_path):
     assert manifest["summary"]["iters"] == 40 and manifest["summary"]["lr"] == pytest.approx(1 / 40)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("target", ["model", "block"])
-def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_model_dir, tiny_calib, monkeypatch, target):
+def test_resume_after_a_crash_is_bit_identical(tmp_path, tiny_model_dir, tiny_calib, crash_after_block, target):
     whole = signround(tiny_model_dir, tiny_calib, tmp_path / "whole", target=target)
-    real_save = sequential._StateStore.save
-
-    def save_then_crash(self, index, result):
-        real_save(self, index, result)
-        if index == 1:
-            raise Crash("killed after block 1")
-
-    monkeypatch.setattr(sequential._StateStore, "save", save_then_crash)
     work = tmp_path / "work"
-    with pytest.raises(Crash):
+    with crash_after_block(1):
         signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work, target=target)
-    monkeypatch.setattr(sequential._StateStore, "save", real_save)
     resumed = signround(tiny_model_dir, tiny_calib, tmp_path / "resumed", work_dir=work, target=target)
     assert resumed.details["resumed_blocks"] == [0, 1] and resumed.details["solved_blocks"] == [2]
     assert (tmp_path / "whole" / "model.safetensors").read_bytes() == \
