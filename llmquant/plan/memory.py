@@ -138,11 +138,12 @@ def mixed_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOption
 def signround_working(fp: Footprint, calib: Calibration | None, opts: QuantizeOptions) -> Terms:
     """SignRound's tuning of one block (quantize/signround/): the float outputs it is fitted to (with
     target: model, the float stream carried from block to block; with target: block, one block's
-    targets; the same size, counted in float32), the learned offsets (one per weight) with their gradients and the best step's copy, each step's
-    fake-quantized weights with their gradients, and one batch's backward pass: the activations
-    autograd keeps (every Linear's input and output, norms and residuals: about the Linears' output
-    widths plus six hidden-wide tensors per token) and the attention probabilities (kept only where
-    attention runs its plain kernel; the fused one keeps none: an upper bound)."""
+    targets; the same size, counted in float32), the learned offsets (one per weight) with their
+    gradients and the best step's copy, each step's fake-quantized weights with their gradients, and
+    one batch's backward pass: the activations autograd keeps (every Linear's input and output, norms
+    and residuals: about the Linears' output widths plus six hidden-wide tensors per token) and the
+    attention probabilities (kept only where attention runs its plain kernel; the fused one keeps
+    none: an upper bound)."""
     assert calib is not None
     tokens = opts.tune_samples * calib.seqlen
     saved_width = sum(lin.out_features for lin in fp.linears) + 6 * fp.hidden

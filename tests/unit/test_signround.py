@@ -97,6 +97,7 @@ def test_signround_beats_rtn_end_to_end(tiny_recipe, board_path):
     assert all(r["block_loss_best"] <= r["block_loss_first"] for r in rows)
     assert any(r["block_loss_best"] < r["block_loss_first"] for r in rows)
     assert manifest["summary"]["iters"] == 40 and manifest["summary"]["lr"] == pytest.approx(1 / 40)
+    assert (manifest["summary"]["target"], manifest["summary"]["grid"]) == ("model", "fullrange")
 
 
 @pytest.mark.parametrize("target", ["model", "block"])

@@ -12,7 +12,7 @@ or, symmetric with `full_range` (AutoRound's int_sym), grid.py's `_full_range_gr
 (both factors then count: the larger of alpha·|xmin| and beta·xmax ends the grid).
 Rounding (of W / scale + v, of the zero point, of the scale to fp16) passes the gradient straight
 through, so the block's output error reaches v, alpha and beta. With v = 0 and alpha = beta = 1 the
-result is grid.quantize_rtn's, bit for bit.
+result is grid.quantize_rtn's, bit for bit (full_range: grid_params(full_range=True)'s round to nearest).
 
 The optimiser is signed gradient descent: p <- p - lr * sign(dL/dp), the step decaying linearly
 to 0 over the iterations (with lr = 1/iters, v moves at most 0.5 in all: it can flip a rounding,
