@@ -202,7 +202,8 @@ def test_tiny_recipe_end_to_end_with_gptq(tiny_recipe, board_path):
     assert manifest["summary"]["solved_blocks"] == [0, 1, 2]
 
 
-def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_path, tiny_model_dir, calib, monkeypatch, crash_after_block, caplog):
+def test_resume_after_a_crash_is_bit_identical_and_skips_finished_blocks(tmp_path, tiny_model_dir, calib, monkeypatch,
+                                                                         crash_after_block, caplog):
     _, whole = quantize(tiny_model_dir, calib, tmp_path / "whole", desc_act=True)
 
     work = tmp_path / "work"

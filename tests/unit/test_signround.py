@@ -134,7 +134,8 @@ def test_a_spilled_float_stream_gives_the_same_checkpoint(tmp_path, tiny_model_d
     signround(tiny_model_dir, tiny_calib, tmp_path / "disk", work_dir=work, budget=1)
     # block 0's copy of the embeddings, then each batch once per block: every write went to disk
     assert spilled[-1] == len(spilled) == 3 + 3 * 3
-    assert (tmp_path / "mem" / "model.safetensors").read_bytes() == (tmp_path / "disk" / "model.safetensors").read_bytes()
+    disk = (tmp_path / "disk" / "model.safetensors").read_bytes()
+    assert (tmp_path / "mem" / "model.safetensors").read_bytes() == disk
     assert not list((work / "float").glob("*.safetensors"))
 
 

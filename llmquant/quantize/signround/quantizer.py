@@ -189,6 +189,7 @@ class SignRoundQuantizer:
                      result.resumed, ctx.work_dir, len(result.solved))
         lr, factor_lr = variant.step_sizes()
         return QuantizeResult(fmt.writes, qc, report, {
-            "iters": variant.iters, "target": variant.target, "grid": variant.grid, "lr": lr, "minmax_lr": factor_lr, "batch_samples": bs,
+            "iters": variant.iters, "target": variant.target, "grid": variant.grid, "lr": lr, "minmax_lr": factor_lr,
+            "batch_samples": bs,
             "resumed_blocks": result.resumed, "solved_blocks": result.solved,
             "block_seconds": [round(t, 3) for _, t in result.block_seconds]})
